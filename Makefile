@@ -1,0 +1,39 @@
+# Bridge: every target sets itself up from a fresh clone (Python 3.11+ and make are enough).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+GEN    := services/_gen/.stamp
+PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
+
+.PHONY: install run test bench lint clean
+
+install: $(STAMP) $(GEN)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,speed]'
+	@touch $@
+
+# Example services' generated code (never committed).
+$(GEN): $(STAMP) $(PROTOS)
+	$(PY) -m services.gen
+	@touch $@
+
+run: install
+	$(PY) -m services.run
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench
+
+lint: install
+	$(PY) -m pip install --quiet ruff mypy
+	$(PY) -m ruff check bridge services tests
+	$(PY) -m mypy bridge
+
+clean:
+	rm -rf $(VENV) services/_gen .pytest_cache

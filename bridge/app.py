@@ -1,0 +1,101 @@
+"""create_app(settings): wires the registry, upstreams and handlers; owns start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Final
+
+from aiohttp import web
+
+from bridge import errors
+from bridge.config import Settings
+from bridge.errors import BridgeError, error_response
+from bridge.http import RestGateway
+from bridge.registry import JsonShape, Registry, build_snapshot, load_includes
+from bridge.upstream.pool import Upstreams
+
+log = logging.getLogger("bridge")
+
+SETTINGS: Final = web.AppKey("settings", Settings)
+REGISTRY: Final = web.AppKey("registry", Registry)
+UPSTREAMS: Final = web.AppKey("upstreams", Upstreams)
+
+
+def json_shape(settings: Settings) -> JsonShape:
+    j = settings.json
+    return JsonShape(j.emit_unpopulated, j.use_proto_names, j.discard_unknown)
+
+
+async def load_registry(settings: Settings) -> Registry:
+    """Compile ``protos.include`` and build the first snapshot (CompileError, SnapshotError)."""
+    include = await load_includes(settings.protos_include)
+    return Registry(build_snapshot([include], settings.upstream_for, json_shape(settings)))
+
+
+async def create_app(settings: Settings, registry: Registry | None = None) -> web.Application:
+    """The bridge as an aiohttp application; must be called with the event loop running."""
+    if registry is None:
+        registry = await load_registry(settings)
+    upstreams = Upstreams(settings.upstreams.values())
+    app = web.Application(client_max_size=settings.limits.max_body)
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    app[UPSTREAMS] = upstreams
+    gateway = RestGateway(
+        registry,
+        upstreams,
+        forward_headers=frozenset(settings.forward_headers),
+        max_metadata=settings.limits.max_metadata,
+    )
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_route("*", "/{tail:.*}", _guarded(gateway.handle))
+    app.on_cleanup.append(_close_upstreams)
+    return app
+
+
+def _guarded(handler):  # type: ignore[no-untyped-def]
+    """Turn a bug into a logged 500 with a Status body instead of aiohttp's bare error page."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (asyncio.CancelledError, web.HTTPException, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return error_response(BridgeError(errors.INTERNAL, "internal error in the bridge"))
+
+    return guarded
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    detail = await request.app[UPSTREAMS].readiness()
+    ready = all(u["ready"] for u in detail.values())
+    body = {"ready": ready, "upstreams": detail}
+    return web.Response(
+        status=200 if ready else 503, text=json.dumps(body), content_type="application/json"
+    )
+
+
+async def _close_upstreams(app: web.Application) -> None:
+    await app[UPSTREAMS].close()
+
+
+async def start(settings: Settings, host: str, port: int, registry: Registry | None = None,
+                reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Start serving on host:port (0 = any free port); returns the runner and the bound port."""
+    app = await create_app(settings, registry)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound socket only here
+    assert server is not None and server.sockets
+    return runner, server.sockets[0].getsockname()[1]

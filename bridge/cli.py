@@ -1,0 +1,148 @@
+"""The ``bridge`` command: serve, check, openapi, and protos add|list|remove."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from bridge.config import ConfigError, Settings, load_settings
+from bridge.registry import CompileError, Registry, SnapshotError
+
+log = logging.getLogger("bridge")
+
+
+class Fatal(Exception):
+    """A problem that stops the command with one readable line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except Fatal as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve HTTP/JSON and WebSocket in front of gRPC")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--listen", help="HOST:PORT, overrides the config's listen")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.set_defaults(run=_serve)
+    check = commands.add_parser("check", help="validate the config and protos, print the routes")
+    check.add_argument("--config", required=True)
+    check.set_defaults(run=_check)
+    return parser
+
+
+def _settings(path: str) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        raise Fatal(str(exc)) from None
+
+
+async def _load(settings: Settings) -> Registry:
+    from bridge.app import load_registry
+
+    try:
+        return await load_registry(settings)
+    except CompileError as exc:
+        lines = "\n  ".join(str(d) for d in exc.diagnostics)
+        raise Fatal(f"{settings.source}: protos.include: the protos do not compile:\n  {lines}") from None
+    except SnapshotError as exc:
+        raise Fatal(f"{settings.source}: {exc}") from None
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    registry = asyncio.run(_load(settings))
+    for route in registry.snapshot.routes.routes:
+        method = route.target.method
+        print(f"{route.verb:7} {route.template.source}  ->  {method.full_name} "
+              f"({method.kind}, upstream {method.upstream})")
+    print(f"ok: {len(registry.snapshot.methods)} methods, "
+          f"{len(registry.snapshot.routes.routes)} routes", file=sys.stderr)
+    return 0
+
+
+def _listen(args: argparse.Namespace, settings: Settings) -> tuple[str, int]:
+    if not args.listen:
+        return settings.listen
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or not host:
+        raise Fatal(f"--listen: '{args.listen}' is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    host, port = _listen(args, settings)
+    if args.workers < 1:
+        raise Fatal("--workers: must be at least 1")
+    _use_uvloop()
+    if args.workers == 1:
+        return asyncio.run(_serve_one(settings, host, port, reuse_port=False))
+    return _serve_many(settings, host, port, args.workers)
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> int:
+    from bridge.app import start
+
+    registry = await _load(settings)
+    try:
+        runner, bound = await start(settings, host, port, registry, reuse_port=reuse_port)
+    except OSError as exc:
+        raise Fatal(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    log.info("bridge listening on http://%s:%d (pid %d)", host, bound, os.getpid())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("bridge shutting down")
+    await runner.cleanup()
+    return 0
+
+
+def _serve_many(settings: Settings, host: str, port: int, workers: int) -> int:
+    """Fork ``workers`` processes that share the port through SO_REUSEPORT."""
+    asyncio.run(_load(settings))  # fail once, before forking, on a bad proto
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = asyncio.run(_serve_one(settings, host, port, reuse_port=True))
+            os._exit(code)
+        children.append(pid)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: [os.kill(c, signal.SIGTERM) for c in children])
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

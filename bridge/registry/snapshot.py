@@ -1,0 +1,252 @@
+"""Compiled descriptors -> methods, bindings and routes: one immutable snapshot of what is served.
+
+Every snapshot owns a fresh DescriptorPool, so a package can be re-registered with different
+content without clashing with an older version that calls in flight may still be using.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+from bridge.routing import Route, RouteConflict, RouteTable, TemplateError, parse_template
+from bridge.transcode.fields import FieldError
+from bridge.transcode.request import RequestPlan
+from bridge.transcode.response import ResponsePlan
+
+KINDS: Final = {
+    (False, False): "unary",
+    (False, True): "server_streaming",
+    (True, False): "client_streaming",
+    (True, True): "bidi_streaming",
+}
+_VERBS: Final = ("get", "put", "post", "delete", "patch")
+
+
+class SnapshotError(Exception):
+    """The protos cannot be served as they are: a bad rule, a collision, a missing upstream."""
+
+
+@dataclass(frozen=True, eq=False)
+class Method:
+    """One gRPC method: its message classes, call kind and the upstream that serves it."""
+
+    service: str
+    name: str
+    input: type[Message]
+    output: type[Message]
+    client_streaming: bool
+    server_streaming: bool
+    upstream: str
+    source: str  # the proto set (include or registration name) that defined it
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.service}/{self.name}"
+
+    @property
+    def grpc_path(self) -> str:
+        return f"/{self.service}/{self.name}"
+
+    @property
+    def kind(self) -> str:
+        return KINDS[(self.client_streaming, self.server_streaming)]
+
+
+@dataclass(frozen=True, eq=False)
+class Binding:
+    """What a route resolves to: the method and its prepared request and response plans."""
+
+    method: Method
+    request: RequestPlan
+    response: ResponsePlan
+
+
+@dataclass(frozen=True)
+class ProtoSet:
+    """A compiled group of protos and the files among them whose services are served."""
+
+    name: str
+    files: descriptor_pb2.FileDescriptorSet
+    exposed: frozenset[str]
+    upstream: str | None = None  # fixed upstream; None = by the config's `services` globs
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """Everything needed to serve a request, never mutated after it is built."""
+
+    pool: descriptor_pool.DescriptorPool
+    methods: Mapping[str, Method]
+    routes: RouteTable
+    sets: tuple[ProtoSet, ...] = field(default=())
+
+    def services(self, source: str | None = None) -> list[str]:
+        return sorted({m.service for m in self.methods.values() if source in (None, m.source)})
+
+
+@dataclass(frozen=True)
+class JsonShape:
+    emit_unpopulated: bool = True
+    use_proto_names: bool = False
+    discard_unknown: bool = False
+
+
+UpstreamResolver = Callable[[str], "str | None"]
+
+
+def build_snapshot(
+    sets: Sequence[ProtoSet], resolve_upstream: UpstreamResolver, json: JsonShape
+) -> Snapshot:
+    """Load every set into a new pool and compile its methods and routes; SnapshotError if wrong."""
+    pool = _load_pool(sets)
+    methods: dict[str, Method] = {}
+    routes: list[Route] = []
+    for proto_set in sets:
+        for file_proto in proto_set.files.file:
+            if file_proto.name not in proto_set.exposed:
+                continue
+            for service_proto in file_proto.service:
+                service = _qualified(file_proto.package, service_proto.name)
+                upstream = proto_set.upstream or resolve_upstream(service)
+                if upstream is None:
+                    raise SnapshotError(
+                        f"{file_proto.name}: service {service} has no upstream "
+                        "(map it under 'services:' in the config)"
+                    )
+                for method_proto in service_proto.method:
+                    method = _method(pool, service, method_proto, upstream, proto_set.name)
+                    if method.full_name in methods:
+                        other = methods[method.full_name].source
+                        raise SnapshotError(
+                            f"service {service} is defined by both '{other}' and '{proto_set.name}'"
+                        )
+                    methods[method.full_name] = method
+                    routes.extend(_routes(method, method_proto, pool, json))
+    try:
+        table = RouteTable(routes)
+    except RouteConflict as exc:
+        raise SnapshotError(str(exc)) from None
+    return Snapshot(pool, MappingProxyType(methods), table, tuple(sets))
+
+
+def _load_pool(sets: Iterable[ProtoSet]) -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    seen: dict[str, tuple[bytes, str]] = {}
+    for proto_set in sets:
+        for file_proto in proto_set.files.file:
+            data = file_proto.SerializeToString(deterministic=True)
+            previous = seen.get(file_proto.name)
+            if previous is not None:
+                if _without_source_info(previous[0]) != _without_source_info(data):
+                    raise SnapshotError(
+                        f"{file_proto.name} differs between '{previous[1]}' and '{proto_set.name}'"
+                    )
+                continue
+            seen[file_proto.name] = (data, proto_set.name)
+            try:
+                pool.AddSerializedFile(data)
+            except (TypeError, ValueError) as exc:
+                raise SnapshotError(f"{file_proto.name}: {exc}") from None
+    return pool
+
+
+def _without_source_info(data: bytes) -> bytes:
+    proto = descriptor_pb2.FileDescriptorProto.FromString(data)
+    proto.ClearField("source_code_info")
+    return proto.SerializeToString(deterministic=True)
+
+
+def _qualified(package: str, name: str) -> str:
+    return f"{package}.{name}" if package else name
+
+
+def _method(
+    pool: descriptor_pool.DescriptorPool,
+    service: str,
+    proto: descriptor_pb2.MethodDescriptorProto,
+    upstream: str,
+    source: str,
+) -> Method:
+    descriptor = pool.FindMethodByName(f"{service}.{proto.name}")
+    return Method(
+        service=service,
+        name=proto.name,
+        input=message_factory.GetMessageClass(descriptor.input_type),
+        output=message_factory.GetMessageClass(descriptor.output_type),
+        client_streaming=proto.client_streaming,
+        server_streaming=proto.server_streaming,
+        upstream=upstream,
+        source=source,
+    )
+
+
+def http_rules(proto: descriptor_pb2.MethodDescriptorProto) -> list[http_pb2.HttpRule]:
+    """The method's google.api.http rule followed by its additional bindings."""
+    if not proto.options.HasExtension(annotations_pb2.http):
+        return []
+    rule = proto.options.Extensions[annotations_pb2.http]
+    return [rule, *rule.additional_bindings]
+
+
+def rule_verb_path(rule: http_pb2.HttpRule) -> tuple[str, str]:
+    pattern = rule.WhichOneof("pattern")
+    if pattern == "custom":
+        return rule.custom.kind.upper(), rule.custom.path
+    if pattern in _VERBS:
+        return pattern.upper(), getattr(rule, pattern)
+    raise ValueError("the rule sets no HTTP verb and path")
+
+
+def _routes(
+    method: Method,
+    proto: descriptor_pb2.MethodDescriptorProto,
+    pool: descriptor_pool.DescriptorPool,
+    json: JsonShape,
+) -> list[Route]:
+    routes = [_route(method, "POST", f"/{method.service}/{method.name}", "*", "", pool, json)]
+    for rule in http_rules(proto):
+        try:
+            verb, path = rule_verb_path(rule)
+        except ValueError as exc:
+            raise SnapshotError(f"{method.full_name}: {exc}") from None
+        routes.append(_route(method, verb, path, rule.body, rule.response_body, pool, json))
+    return routes
+
+
+def _route(
+    method: Method,
+    verb: str,
+    path: str,
+    body: str,
+    response_body: str,
+    pool: descriptor_pool.DescriptorPool,
+    json: JsonShape,
+) -> Route:
+    try:
+        template = parse_template(path)
+        variables = tuple(v.field_path for v in template.variables)
+        request = RequestPlan.build(
+            method.input, pool, body, variables, json.discard_unknown, verb
+        )
+        response = ResponsePlan(
+            pool, json.emit_unpopulated, json.use_proto_names, _response_field(method, response_body)
+        )
+    except (TemplateError, FieldError) as exc:
+        raise SnapshotError(f"{method.full_name}: {verb} {path}: {exc}") from None
+    return Route(verb, template, Binding(method, request, response), method.full_name)
+
+
+def _response_field(method: Method, name: str):  # type: ignore[no-untyped-def]
+    if not name:
+        return None
+    found = method.output.DESCRIPTOR.fields_by_name.get(name)
+    if found is None:
+        raise FieldError(f"response_body '{name}' names no field of {method.output.DESCRIPTOR.full_name}")
+    return found

@@ -1,0 +1,116 @@
+"""Upstreams: one long-lived gRPC channel per target, round-robin, and generic stubs by method."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from bridge.config import UpstreamSettings
+
+# Reconnect quickly after a backend restart instead of grpc's default of up to two minutes.
+CHANNEL_OPTIONS: Final = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.enable_retries", 0),
+)
+_HEALTH_CHECK: Final = "/grpc.health.v1.Health/Check"
+_FACTORIES: Final[dict[tuple[bool, bool], str]] = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+class Upstream:
+    """A named group of targets serving some services, reached through persistent channels."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.timeout = settings.timeout
+        self.channels = [_open_channel(t, settings.tls) for t in settings.targets]
+        self._next = itertools.cycle(range(len(self.channels)))
+        self._stubs: weakref.WeakKeyDictionary[Any, list[Callable[..., Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def stub(self, method: Any) -> Callable[..., Any]:
+        """A multicallable for ``method`` on the next channel (built once per method/channel)."""
+        stubs = self._stubs.get(method)
+        if stubs is None:
+            stubs = self._stubs[method] = [_make_stub(ch, method) for ch in self.channels]
+        return stubs[next(self._next)]
+
+    async def check(self, timeout: float = 1.0) -> dict[str, Any]:
+        """Whether every target answers: grpc.health.v1 where offered, else any reply counts."""
+        results = await asyncio.gather(*(self._check_one(ch, timeout) for ch in self.channels))
+        targets = dict(zip(self.settings.targets, results, strict=True))
+        return {"ready": all(r == "SERVING" or r == "REACHABLE" for r in results), "targets": targets}
+
+    async def _check_one(self, channel: grpc.aio.Channel, timeout: float) -> str:
+        check = channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            reply = await check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return "REACHABLE"  # the server answered; it just offers no health service
+            return exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self.channels))
+
+
+def _open_channel(target: str, tls: bool) -> grpc.aio.Channel:
+    if tls:
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
+
+
+def _make_stub(channel: grpc.aio.Channel, method: Any) -> Callable[..., Any]:
+    factory = getattr(channel, _FACTORIES[(method.client_streaming, method.server_streaming)])
+    return factory(
+        method.grpc_path,
+        request_serializer=method.input.SerializeToString,
+        response_deserializer=method.output.FromString,
+    )
+
+
+class Upstreams(Mapping[str, Upstream]):
+    """Every configured upstream by name; opened at start-up, closed at shutdown."""
+
+    def __init__(self, settings: Iterable[UpstreamSettings]) -> None:
+        self._by_name = {s.name: Upstream(s) for s in settings}
+
+    def __getitem__(self, name: str) -> Upstream:
+        return self._by_name[name]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    async def readiness(self) -> dict[str, Any]:
+        """Per-upstream readiness detail, checked concurrently."""
+        names = list(self._by_name)
+        checks = await asyncio.gather(*(self._by_name[n].check() for n in names))
+        return dict(zip(names, checks, strict=True))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(u.close() for u in self._by_name.values()))

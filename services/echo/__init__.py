@@ -1,0 +1,1 @@
+"""The diagnostic echo service: ``demo.echo.v1.EchoService``, for tests and benchmarks."""

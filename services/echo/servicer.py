@@ -1,0 +1,148 @@
+"""The EchoService implementation: reflection of requests, failures on demand, all streaming shapes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Final, NoReturn
+
+import grpc
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+import services  # noqa: F401  (puts the generated code on sys.path)
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
+from services.echo.metadata import map_to_metadata, metadata_to_map
+from services.echo.stats import CallStats, counted
+
+Context = grpc.aio.ServicerContext
+
+STATUS_BY_NUMBER: Final = {status.value[0]: status for status in grpc.StatusCode}
+STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+# grpc reports "no deadline" as the time left until the end of its infinite future.
+NO_DEADLINE_AFTER_SECONDS: Final = 10 * 365 * 24 * 3600
+INT64_MAX: Final = 2**63 - 1
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+async def _invalid(context: Context, message: str) -> NoReturn:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+def deadline_remaining(context: Context) -> float:
+    """Return the seconds left before the call's deadline, or 0 when it has none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_AFTER_SECONDS:
+        return 0.0
+    return max(float(remaining), 0.0)
+
+
+def bad_request_status(code: int, message: str) -> status_pb2.Status:
+    """Return the google.rpc.Status that Fail(with_details) attaches to its error."""
+    violation = error_details_pb2.BadRequest.FieldViolation(field="code", description="requested")
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status_pb2.Status(code=code, message=message, details=[detail])
+
+
+async def _send_requested_metadata(request: echo_pb2.EchoRequest, context: Context) -> None:
+    try:
+        headers = map_to_metadata(request.response_headers, "response_headers")
+        trailers = map_to_metadata(request.response_trailers, "response_trailers")
+    except ValueError as exc:
+        await _invalid(context, str(exc))
+    if headers:
+        await context.send_initial_metadata(headers)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+
+
+class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
+    """demo.echo.v1.EchoService; every method but GetStats and ResetStats is counted."""
+
+    def __init__(self) -> None:
+        self.stats = CallStats()
+
+    @counted
+    async def Echo(self, request: echo_pb2.EchoRequest, context: Context) -> echo_pb2.EchoResponse:
+        await _send_requested_metadata(request, context)
+        if request.sleep_ms > 0:
+            # asyncio.sleep, not time.sleep: a client cancel must be able to interrupt it.
+            await asyncio.sleep(request.sleep_ms / 1000)
+        return echo_pb2.EchoResponse(
+            message=request.message,
+            payload=request.payload,
+            metadata=metadata_to_map(context.invocation_metadata()),
+            request=request,
+            deadline_remaining=deadline_remaining(context),
+            peer=context.peer(),
+        )
+
+    @counted
+    async def Fail(self, request: echo_pb2.FailRequest, context: Context) -> empty_pb2.Empty:
+        if request.code == 0:
+            return empty_pb2.Empty()
+        code = STATUS_BY_NUMBER.get(request.code)
+        if code is None:
+            await _invalid(context, f"code {request.code} is not a gRPC status code")
+        message = request.message or f"failure {request.code} requested"
+        trailers: tuple[tuple[str, bytes], ...] = ()
+        if request.with_details:
+            details = bad_request_status(request.code, message).SerializeToString()
+            trailers = ((STATUS_DETAILS_KEY, details),)
+        await context.abort(code, message, trailing_metadata=trailers)
+        raise AssertionError("unreachable: abort raises")
+
+    @counted
+    async def Tick(self, request: echo_pb2.TickRequest, context: Context) -> None:
+        for field in ("count", "interval_ms", "fail_after", "payload_size"):
+            if getattr(request, field) < 0:
+                await _invalid(context, f"{field} must not be negative")
+        await context.send_initial_metadata((("x-tick-stream", "started"),))
+        payload = b"x" * request.payload_size
+        seq = 0
+        while request.count == 0 or seq < request.count:
+            if seq and request.interval_ms:
+                await asyncio.sleep(request.interval_ms / 1000)
+            seq += 1
+            text = f"{request.prefix}{seq}"
+            await context.write(echo_pb2.TickEvent(seq=seq, text=text, time=_now(), payload=payload))
+            if request.fail_after and seq >= request.fail_after:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "tick source failed")
+
+    @counted
+    async def Sum(
+        self, request_iterator: AsyncIterator[echo_pb2.SumRequest], context: Context
+    ) -> echo_pb2.SumResponse:
+        total = count = 0
+        async for item in request_iterator:
+            total += item.value
+            count += 1
+        if abs(total) > INT64_MAX:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, "total overflows int64")
+        return echo_pb2.SumResponse(total=total, count=count)
+
+    @counted
+    async def Chat(
+        self, request_iterator: AsyncIterator[echo_pb2.ChatMessage], context: Context
+    ) -> None:
+        seq = 0
+        async for message in request_iterator:
+            seq += 1
+            reply = echo_pb2.ChatMessage(user="echo", text=f"{message.user}: {message.text}", seq=seq)
+            await context.write(reply)
+
+    async def GetStats(self, request: empty_pb2.Empty, context: Context) -> echo_pb2.Stats:
+        return self.stats.snapshot()
+
+    # Not counted either: counting the call that zeroes the counters would leave them
+    # inconsistent (completed 1, started 0) the moment it returns.
+    async def ResetStats(self, request: empty_pb2.Empty, context: Context) -> empty_pb2.Empty:
+        self.stats.reset()
+        return empty_pb2.Empty()

@@ -1,0 +1,68 @@
+"""What every example service shares: health, binding, and running alone until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+STOP_GRACE_SECONDS: Final = 5.0
+
+StartFn = Callable[[int, str], Awaitable[tuple[grpc.aio.Server, int]]]
+
+
+async def add_health(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
+    """Register grpc.health.v1 on server with every named service (and "") SERVING."""
+    # The asyncio servicer: the sync one guards its state with threading locks and
+    # blocking condition variables, which a Watch call would hold inside the event loop.
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ("", *service_names, health.SERVICE_NAME):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def bind_and_start(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Bind server to host:port (0 picks a free port), start it, and return the port."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC server to {host}:{port}")
+    await server.start()
+    return bound
+
+
+def parse_args(name: str, default_port: int, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line of ``python -m services.<name>``."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    parser.add_argument("--port", type=int, default=default_port, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1")
+    return parser.parse_args(argv)
+
+
+async def serve_until_signal(name: str, start: StartFn, port: int, host: str) -> None:
+    """Start a service, log where it listens, and stop it gracefully on SIGINT/SIGTERM."""
+    server, bound = await start(port, host)
+    print(f"{name}: listening on {host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"{name}: stopping", flush=True)
+    # In-flight calls get the grace period to finish; new ones are refused at once.
+    await server.stop(STOP_GRACE_SECONDS)
+
+
+def main(name: str, start: StartFn, default_port: int, argv: Sequence[str] | None = None) -> None:
+    """Run one service alone; the entry point of its ``__main__`` module."""
+    args = parse_args(name, default_port, argv)
+    try:
+        asyncio.run(serve_until_signal(name, start, args.port, args.host))
+    except OSError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(1)

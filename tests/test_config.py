@@ -1,0 +1,592 @@
+"""Tests for bridge.config: durations, sizes, a full valid file, and every kind of user error."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.config import (
+    DEFAULT_FORWARD_HEADERS,
+    ConfigError,
+    CorsSettings,
+    JsonOptions,
+    Limits,
+    Settings,
+    UpstreamSettings,
+    load_settings,
+    parse_duration,
+    parse_size,
+    settings_from_dict,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        pytest.param("250ms", 0.25, id="ms"),
+        pytest.param("5s", 5.0, id="s"),
+        pytest.param("2m", 120.0, id="m"),
+        pytest.param("1h", 3600.0, id="h"),
+        pytest.param("1.5s", 1.5, id="fraction"),
+        pytest.param("1m30s", 90.0, id="compound"),
+        pytest.param("0s", 0.0, id="zero"),
+        pytest.param(" 5s ", 5.0, id="spaces-around"),
+        pytest.param("3", 3.0, id="bare-string-is-seconds"),
+        pytest.param("0.5", 0.5, id="bare-fraction-string"),
+        pytest.param(7, 7.0, id="int-is-seconds"),
+        pytest.param(0.1, 0.1, id="float-is-seconds"),
+    ],
+)
+def test_parse_duration_valid(text: str | int | float, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("5x", id="unknown-unit"),
+        pytest.param("", id="empty"),
+        pytest.param("s", id="unit-only"),
+        pytest.param("-5s", id="negative-string"),
+        pytest.param(-1, id="negative-number"),
+        pytest.param("5 s", id="space-inside"),
+        pytest.param("5S", id="upper-case-unit"),
+        pytest.param("1d", id="days"),
+        pytest.param(True, id="bool"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(None, id="none"),
+    ],
+)
+def test_parse_duration_invalid(text: object) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        pytest.param("4MiB", 4 * 2**20, id="MiB"),
+        pytest.param("512KiB", 512 * 2**10, id="KiB"),
+        pytest.param("1GiB", 2**30, id="GiB"),
+        pytest.param("1MB", 10**6, id="MB-is-decimal"),
+        pytest.param("2kB", 2000, id="kB"),
+        pytest.param("100", 100, id="bare-bytes"),
+        pytest.param("100B", 100, id="B"),
+        pytest.param("4 MiB", 4 * 2**20, id="space-before-unit"),
+        pytest.param("4mib", 4 * 2**20, id="lower-case"),
+        pytest.param("1.5KiB", 1536, id="whole-fraction"),
+        pytest.param(2048, 2048, id="int"),
+        pytest.param(0, 0, id="zero"),
+    ],
+)
+def test_parse_size_valid(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param("4M", "is not a size", id="ambiguous-M"),
+        pytest.param("4XB", "is not a size", id="unknown-unit"),
+        pytest.param("", "is not a size", id="empty"),
+        pytest.param("MiB", "is not a size", id="unit-only"),
+        pytest.param("-1", "is not a size", id="negative-string"),
+        pytest.param(-1, "is not a size", id="negative-int"),
+        pytest.param(1.5, "is not a size", id="float"),
+        pytest.param(True, "is not a size", id="bool"),
+        pytest.param("0.1KiB", "not a whole number of bytes", id="fractional-bytes"),
+    ],
+)
+def test_parse_size_invalid(text: object, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_size(text)  # type: ignore[arg-type]
+
+
+FULL_CONFIG = """\
+listen: "[::1]:9090"
+admin:
+  token: ${ADMIN_TOKEN}
+protos:
+  include: [protos, /abs/protos]
+  store: state/registry
+upstreams:
+  users:
+    targets: [127.0.0.1:50051, "users-2.internal:50051"]
+    timeout: 5s
+    tls: false
+  orders:
+    targets: ${ORDERS_TARGET}
+    timeout: 250ms
+    tls: true
+    reflection: true
+  local:
+    targets: [unix:/run/local.sock]
+services:
+  demo.users.v1.*: users
+  demo.orders.v1.OrderService: orders
+  demo.*: local
+json:
+  emit_unpopulated: false
+  use_proto_names: true
+  discard_unknown: true
+forward_headers: [Authorization, X-Tenant, x-tenant]
+cors:
+  allow_origins: ["http://localhost:3000", "HTTPS://App.Example.com"]
+limits:
+  max_body: 8MiB
+  ws_max_frame: 512KiB
+  ws_max_calls: 10
+  max_metadata: 16KiB
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "bridge.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_full_config_sets_every_field(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL_CONFIG)
+    env = {"ADMIN_TOKEN": "s3cret", "ORDERS_TARGET": "orders.internal:443"}
+
+    s = load_settings(path, env=env)
+
+    assert s.source == path
+    assert s.source.is_absolute()
+    assert s.listen == ("::1", 9090)
+    assert s.admin_token == "s3cret"
+    assert s.protos_include == (tmp_path / "protos", Path("/abs/protos"))
+    assert s.protos_store == str(tmp_path / "state" / "registry")
+    assert list(s.upstreams) == ["users", "orders", "local"]
+    assert s.upstreams["users"] == UpstreamSettings(
+        name="users", targets=("127.0.0.1:50051", "users-2.internal:50051"), timeout=5.0
+    )
+    assert s.upstreams["orders"] == UpstreamSettings(
+        name="orders", targets=("orders.internal:443",), timeout=0.25, tls=True, reflection=True
+    )
+    assert s.upstreams["local"] == UpstreamSettings(
+        name="local", targets=("unix:/run/local.sock",), timeout=30.0
+    )
+    assert s.services == (
+        ("demo.users.v1.*", "users"),
+        ("demo.orders.v1.OrderService", "orders"),
+        ("demo.*", "local"),
+    )
+    assert s.json == JsonOptions(emit_unpopulated=False, use_proto_names=True, discard_unknown=True)
+    assert s.forward_headers == ("authorization", "x-tenant")
+    assert s.cors == CorsSettings(allow_origins=("http://localhost:3000", "https://app.example.com"))
+    assert s.limits == Limits(
+        max_body=8 * 2**20, ws_max_frame=512 * 2**10, ws_max_calls=10, max_metadata=16 * 2**10
+    )
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, FULL_CONFIG), env={"ORDERS_TARGET": "o:1"})
+    with pytest.raises(AttributeError):
+        s.listen = ("0.0.0.0", 1)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        s.upstreams["x"] = s.upstreams["users"]  # type: ignore[index]
+    assert hash(s) == hash(s)
+
+
+@pytest.mark.parametrize(
+    ("service", "upstream"),
+    [
+        pytest.param("demo.users.v1.UserService", "users", id="first-glob"),
+        pytest.param("demo.orders.v1.OrderService", "orders", id="exact-name"),
+        pytest.param("demo.orders.v1.Other", "local", id="falls-through-to-later-glob"),
+        pytest.param("acme.Thing", None, id="no-match"),
+        pytest.param("DEMO.users.v1.UserService", None, id="case-sensitive"),
+    ],
+)
+def test_upstream_for_uses_first_matching_glob(
+    tmp_path: Path, service: str, upstream: str | None
+) -> None:
+    s = load_settings(write(tmp_path, FULL_CONFIG), env={"ORDERS_TARGET": "o:1"})
+    assert s.upstream_for(service) == upstream
+
+
+def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    s = load_settings(path, env={})
+    assert s == Settings(source=path)
+    assert s.listen == ("127.0.0.1", 8080)
+    assert s.admin_token is None
+    assert s.protos_include == ()
+    assert s.protos_store == str(tmp_path / ".bridge" / "registry")
+    assert dict(s.upstreams) == {}
+    assert s.services == ()
+    assert s.json == JsonOptions()
+    assert s.forward_headers == DEFAULT_FORWARD_HEADERS
+    assert s.cors == CorsSettings()
+    assert s.limits == Limits()
+
+
+def test_unset_admin_token_turns_admin_api_off(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "admin:\n  token: ${BRIDGE_ADMIN_TOKEN}\n"), env={})
+    assert s.admin_token is None
+
+
+def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_TEST_TOKEN", "from-os")
+    s = load_settings(write(tmp_path, "admin: {token: '${BRIDGE_TEST_TOKEN}'}\n"))
+    assert s.admin_token == "from-os"
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        pytest.param("${HOST}:50051", {"HOST": "db"}, "db:50051", id="part-of-value"),
+        pytest.param("${HOST}:${PORT}", {"HOST": "db", "PORT": "1"}, "db:1", id="two-refs"),
+        pytest.param("${HOST:-fallback}:5", {}, "fallback:5", id="default-when-unset"),
+        pytest.param("${HOST:-fallback}:5", {"HOST": ""}, "fallback:5", id="default-when-empty"),
+        pytest.param("${HOST:-x}:5", {"HOST": "db"}, "db:5", id="set-wins-over-default"),
+    ],
+)
+def test_env_substitution_in_strings(value: str, env: dict[str, str], expected: str) -> None:
+    data = {"upstreams": {"u": {"targets": [value]}}}
+    s = settings_from_dict(data, Path("bridge.yaml"), env=env)
+    assert s.upstreams["u"].targets == (expected,)
+
+
+def test_escaped_env_reference_is_literal() -> None:
+    s = settings_from_dict({"admin": {"token": "a$${NOT_ENV}b"}}, Path("b.yaml"), env={})
+    assert s.admin_token == "a${NOT_ENV}b"
+
+
+def test_env_values_for_bools_and_counts() -> None:
+    data = {
+        "upstreams": {"u": {"targets": ["h:1"], "tls": "${TLS}", "timeout": "${T}"}},
+        "limits": {"ws_max_calls": "${CALLS}", "max_body": "${BODY}"},
+    }
+    env = {"TLS": "true", "T": "2s", "CALLS": "7", "BODY": "1KiB"}
+    s = settings_from_dict(data, Path("b.yaml"), env=env)
+    assert s.upstreams["u"].tls is True
+    assert s.upstreams["u"].timeout == 2.0
+    assert s.limits.ws_max_calls == 7
+    assert s.limits.max_body == 1024
+
+
+def test_settings_from_dict_resolves_against_source_folder(tmp_path: Path) -> None:
+    s = settings_from_dict({"protos": {"include": "p"}}, tmp_path / "conf" / "b.yaml", env={})
+    assert s.protos_include == (tmp_path / "conf" / "p",)
+    assert s.protos_store == str(tmp_path / "conf" / ".bridge" / "registry")
+
+
+@pytest.mark.parametrize(
+    ("store", "expected"),
+    [
+        pytest.param("redis://cache:6379/0", "redis://cache:6379/0", id="redis-url"),
+        pytest.param("rediss://cache:6380", "rediss://cache:6380", id="redis-tls-url"),
+        pytest.param("/var/lib/bridge", "/var/lib/bridge", id="absolute-path"),
+    ],
+)
+def test_protos_store(tmp_path: Path, store: str, expected: str) -> None:
+    s = settings_from_dict({"protos": {"store": store}}, tmp_path / "b.yaml", env={})
+    assert s.protos_store == expected
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        pytest.param("0.0.0.0:80", ("0.0.0.0", 80), id="ipv4"),
+        pytest.param("localhost:8080", ("localhost", 8080), id="hostname"),
+        pytest.param("[::]:8080", ("::", 8080), id="ipv6-any"),
+        pytest.param("127.0.0.1:0", ("127.0.0.1", 0), id="ephemeral-port"),
+    ],
+)
+def test_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert settings_from_dict({"listen": listen}, Path("b.yaml"), env={}).listen == expected
+
+
+def test_yaml_merge_keys_are_allowed(tmp_path: Path) -> None:
+    text = """\
+    upstreams:
+      a: &base {targets: ["h:1"], timeout: 2s}
+      b:
+        <<: *base
+        timeout: 3s
+    """
+    s = load_settings(write(tmp_path, text), env={})
+    assert s.upstreams["b"].timeout == 3.0
+    assert s.upstreams["b"].targets == ("h:1",)
+
+
+# Each case: YAML text, env, then the pieces the one-line message must contain.
+ERROR_CASES = [
+    pytest.param(
+        "upstreams:\n  users:\n    targets: [h:1]\n    timout: 5s\n",
+        {},
+        ["upstreams.users.timout: unknown key (did you mean 'timeout'?)"],
+        id="unknown-key-with-suggestion",
+    ),
+    pytest.param(
+        "lissten: 127.0.0.1:8080\n",
+        {},
+        ["lissten: unknown key (did you mean 'listen'?)"],
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        "json:\n  zzz: true\n",
+        {},
+        ["json.zzz: unknown key (known keys: discard_unknown, emit_unpopulated"],
+        id="unknown-key-lists-known-keys",
+    ),
+    pytest.param(
+        "upstreams:\n  users:\n    targets: [h:1]\n    timeout: 5x\n",
+        {},
+        ["upstreams.users.timeout: '5x' is not a duration (use 250ms, 5s, 2m)"],
+        id="bad-duration",
+    ),
+    pytest.param(
+        "upstreams:\n  users:\n    targets: [h:1]\n    timeout: 0s\n",
+        {},
+        ["upstreams.users.timeout: must be longer than zero"],
+        id="zero-timeout",
+    ),
+    pytest.param(
+        "upstreams:\n  users: {targets: [h:1]}\n  orders: {targets: [h:2]}\n"
+        "services:\n  demo.users.v1.*: user\n",
+        {},
+        ["services.demo.users.v1.*", "unknown upstream 'user'", "did you mean 'users'?",
+         "known upstreams: users, orders"],
+        id="unknown-upstream-in-services",
+    ),
+    pytest.param(
+        "services:\n  demo.*: users\n",
+        {},
+        ["services.demo.*", "unknown upstream 'users'", "none are defined"],
+        id="services-without-upstreams",
+    ),
+    pytest.param(
+        "auth:\n  api_keys: {header: x-api-key}\n",
+        {},
+        ["auth: not supported by this version of Bridge"],
+        id="unsupported-section",
+    ),
+    pytest.param(
+        "aggregates: []\n",
+        {},
+        ["aggregates: not supported by this version of Bridge"],
+        id="unsupported-section-aggregates",
+    ),
+    pytest.param(
+        "upstreams:\n  c:\n    targets: [h:1]\n    retries: {attempts: 3}\n",
+        {},
+        ["upstreams.c.retries: not supported by this version of Bridge"],
+        id="unsupported-upstream-key",
+    ),
+    pytest.param(
+        "upstreams:\n  users:\n    targets: ['${USERS_TARGET}']\n",
+        {},
+        ["upstreams.users.targets[0]", "environment variable USERS_TARGET is not set"],
+        id="required-env-unset",
+    ),
+    pytest.param(
+        "listen: ${LISTEN}\n",
+        {"LISTEN": ""},
+        ["listen: is empty", "environment variable LISTEN is set but empty"],
+        id="required-env-empty",
+    ),
+    pytest.param(
+        "admin:\n  token: ${BAD-NAME}\n",
+        {},
+        ["admin.token", "is not an environment reference"],
+        id="malformed-env-reference",
+    ),
+    pytest.param(
+        "upstreams:\n  users:\n    timeout: 5s\n",
+        {},
+        ["upstreams.users.targets: required"],
+        id="missing-targets",
+    ),
+    pytest.param(
+        "upstreams:\n  users:\n    targets: []\n",
+        {},
+        ["upstreams.users.targets: required"],
+        id="empty-targets",
+    ),
+    pytest.param(
+        "upstreams:\n  users:\n    targets: [localhost]\n",
+        {},
+        ["upstreams.users.targets[0]: 'localhost' is not host:port"],
+        id="target-without-port",
+    ),
+    pytest.param(
+        "upstreams:\n  users:\n    targets: ['h:0', 'h:70000']\n",
+        {},
+        ["upstreams.users.targets[0]: 'h:0' is not host:port"],
+        id="target-port-out-of-range",
+    ),
+    pytest.param(
+        "upstreams:\n  u:\n    targets: ['::1:50051']\n",
+        {},
+        ["upstreams.u.targets[0]: '::1:50051' is not host:port"],
+        id="ipv6-target-without-brackets",
+    ),
+    pytest.param(
+        "upstreams:\n  'bad name': {targets: [h:1]}\n",
+        {},
+        ["upstreams.bad name: an upstream name may only use"],
+        id="bad-upstream-name",
+    ),
+    pytest.param(
+        "upstreams:\n  u: [h:1]\n",
+        {},
+        ["upstreams.u: expected a mapping, got a list"],
+        id="upstream-not-a-mapping",
+    ),
+    pytest.param(
+        "json:\n  emit_unpopulated: 'yes'\n",
+        {},
+        ["json.emit_unpopulated: expected true or false, got 'yes'"],
+        id="bool-wrong-type",
+    ),
+    pytest.param(
+        "upstreams:\n  u: {targets: [h:1], tls: 'true'}\n",
+        {},
+        ["upstreams.u.tls: expected true or false, got 'true'"],
+        id="quoted-bool-is-not-a-bool",
+    ),
+    pytest.param(
+        "listen: 8080\n",
+        {},
+        ["listen: expected host:port, got 8080"],
+        id="listen-port-only",
+    ),
+    pytest.param(
+        "listen: 'localhost'\n",
+        {},
+        ["listen: 'localhost' is not host:port"],
+        id="listen-without-port",
+    ),
+    pytest.param(
+        "limits:\n  max_body: 4M\n",
+        {},
+        ["limits.max_body: '4M' is not a size"],
+        id="bad-size",
+    ),
+    pytest.param(
+        "limits:\n  ws_max_calls: 0\n",
+        {},
+        ["limits.ws_max_calls: expected a positive whole number, got 0"],
+        id="zero-ws-max-calls",
+    ),
+    pytest.param(
+        "limits:\n  ws_max_calls: '10'\n",
+        {},
+        ["limits.ws_max_calls: expected a positive whole number, got '10'"],
+        id="quoted-ws-max-calls",
+    ),
+    pytest.param(
+        "forward_headers: [x-ok, 'bad header']\n",
+        {},
+        ["forward_headers[1]: 'bad header' is not a valid HTTP header name"],
+        id="bad-header-name",
+    ),
+    pytest.param(
+        "forward_headers: {a: b}\n",
+        {},
+        ["forward_headers: expected a list of header names, got a mapping"],
+        id="headers-not-a-list",
+    ),
+    pytest.param(
+        "cors:\n  allow_origins: ['http://localhost:3000/']\n",
+        {},
+        ["cors.allow_origins[0]: 'http://localhost:3000/' is not an origin"],
+        id="origin-with-path",
+    ),
+    pytest.param(
+        "protos:\n  include: [protos, 3]\n",
+        {},
+        ["protos.include[1]: expected path, got 3"],
+        id="include-item-not-a-string",
+    ),
+    pytest.param(
+        "protos:\n  store: s3://bucket\n",
+        {},
+        ["protos.store: 's3://bucket': only a folder or a redis:// URL"],
+        id="unsupported-store-url",
+    ),
+    pytest.param(
+        "json: true\n",
+        {},
+        ["json: expected a mapping, got true"],
+        id="section-not-a-mapping",
+    ),
+    pytest.param(
+        "- listen\n- admin\n",
+        {},
+        ["the top level must be a mapping of settings, got a list"],
+        id="top-level-list",
+    ),
+    pytest.param(
+        "listen: 127.0.0.1:8080\nadmin:\n  token: a\n   bad: indent\n",
+        {},
+        ["line 4, column", "mapping values are not allowed here"],
+        id="yaml-syntax-error",
+    ),
+    pytest.param(
+        "upstreams:\n  users: {targets: [h:1]}\n  users: {targets: [h:2]}\n",
+        {},
+        ["line 3, column 3: duplicate key 'users'"],
+        id="yaml-duplicate-key",
+    ),
+    pytest.param(
+        "listen: !!python/object:os.system x\n",
+        {},
+        ["line 1, column 9", "could not determine a constructor"],
+        id="yaml-unsafe-tag",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "env", "expected"), ERROR_CASES)
+def test_config_errors(tmp_path: Path, text: str, env: dict[str, str], expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env=env)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message
+    for piece in expected:
+        assert piece in message
+
+
+def test_error_names_the_file_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "upstreams:\n  users:\n    targets: [h:1]\n    timeout: 5x\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_settings("bridge.yaml", env={})
+    assert str(info.value) == (
+        "bridge.yaml: upstreams.users.timeout: '5x' is not a duration (use 250ms, 5s, 2m)"
+    )
+    assert info.value.file == "bridge.yaml"
+    assert info.value.key == "upstreams.users.timeout"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_settings(path, env={})
+
+
+def test_folder_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_settings(tmp_path, env={})
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"listen: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="bin.yaml: not UTF-8 text"):
+        load_settings(path, env={})
+
+
+def test_settings_from_dict_errors_name_the_source() -> None:
+    with pytest.raises(ConfigError, match=r"^conf/b\.yaml: cors\.allow_origin: unknown key"):
+        settings_from_dict({"cors": {"allow_origin": ["*"]}}, Path("conf/b.yaml"), env={})
