@@ -1,8 +1,8 @@
 """The YAML configuration file -> frozen, validated settings (errors name the file and the key).
 
 Anything a user can get wrong in the file surfaces as one `ConfigError` whose text is a single
-line, ``<file>: <dotted key>: <what is wrong>``. `${NAME}` references in string values are read
-from the environment before validation.
+line, ``<file>: <dotted key>: <what is wrong>``. `${NAME}` (or `${NAME:-default}`) anywhere in a
+string value is read from the environment before validation; `$${` is a literal `${`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import yaml
 DEFAULT_LISTEN: Final[tuple[str, int]] = ("127.0.0.1", 8080)
 DEFAULT_TIMEOUT: Final[float] = 30.0
 DEFAULT_STORE: Final[str] = ".bridge/registry"  # relative to the config file's folder
-DEFAULT_FORWARD_HEADERS: Final[tuple[str, ...]] = (
-    "authorization", "x-request-id", "traceparent", "tracestate",
-)  # fmt: skip
+DEFAULT_FORWARD_HEADERS: Final = ("authorization", "x-request-id", "traceparent", "tracestate")
 NOT_SUPPORTED: Final[str] = "not supported by this version of Bridge"
 
 _TOP_KEYS: Final = frozenset(
@@ -75,13 +73,9 @@ class ConfigError(Exception):
 
 def parse_duration(text: str | int | float) -> float:
     """The seconds a duration like ``250ms``, ``5s``, ``1m30s`` or a bare number stands for."""
-    if isinstance(text, bool) or not isinstance(text, int | float | str):
-        raise ValueError(f"{text!r} {_DURATION_HINT}")
-    if not isinstance(text, str):
-        if not 0 <= text < float("inf"):  # also false for NaN
-            raise ValueError(f"{text!r} {_DURATION_HINT}")
-        return float(text)
-    s = text.strip()
+    if isinstance(text, int | float) and not isinstance(text, bool) and 0 <= text < float("inf"):
+        return float(text)  # NaN fails the comparison too
+    s = text.strip() if isinstance(text, str) else ""
     if _NUMBER.fullmatch(s):
         return float(s)
     if not _DURATION.fullmatch(s):
@@ -92,13 +86,9 @@ def parse_duration(text: str | int | float) -> float:
 def parse_size(text: str | int) -> int:
     """The bytes a size like ``4MiB``, ``512KiB``, ``1MB`` (10**6) or ``100`` stands for."""
     message = f"{text!r} is not a size (use 512KiB, 4MiB, 1GiB or a number of bytes)"
-    if isinstance(text, bool) or not isinstance(text, int | str):
-        raise ValueError(message)
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(message)
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
         return text
-    m = _SIZE.fullmatch(text.strip())
+    m = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(message)
     amount = Decimal(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
@@ -122,7 +112,8 @@ class UpstreamSettings:
 
     name: str
     targets: tuple[str, ...]  # "host:port", "[v6]:port" or "unix:/path", as gRPC spells them
-    timeout: float = DEFAULT_TIMEOUT  # seconds: the deadline when the client sends none, and the cap
+    # Seconds: the deadline when the client sends none, and the cap on one it sends.
+    timeout: float = DEFAULT_TIMEOUT
     tls: bool = False
     reflection: bool = False
 
@@ -206,18 +197,19 @@ class _Loader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *base` and then overriding a merged key is legitimate
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str | int | float) and key in seen:
+            if not isinstance(key, str | int | float):
+                continue  # unhashable or exotic keys are rejected later as unknown keys
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
-            if isinstance(key, str | int | float):
-                seen.add(key)
+            seen.add(key)
         return super().construct_mapping(node, deep)
 
 
 def _parse_yaml(label: str, text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -239,6 +231,9 @@ class _Context:
     blanks: dict[str, str] = field(default_factory=dict)  # key -> why its ${...} gave nothing
 
     def fail(self, key: str, problem: str) -> NoReturn:
+        blank = self.blanks.get(key)
+        if blank and blank not in problem:
+            problem = f"{problem} ({blank})"  # the likely cause of a bad value
         raise ConfigError(self.file, key, problem)
 
 
@@ -251,7 +246,9 @@ def _describe(value: object) -> str:
         return {True: "true", False: "false", None: "nothing"}[value]
     if isinstance(value, str | int | float):
         return repr(value)
-    return {list: "a list", dict: "a mapping"}.get(type(value), f"{type(value).__name__} {value}")
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return f"{type(value).__name__} {value}"  # e.g. a YAML date
 
 
 def _expand(ctx: _Context, key: str, value: Any) -> Any:
@@ -301,7 +298,8 @@ def _section(
             ctx.fail(_key(key, k), NOT_SUPPORTED)
         if k not in known:
             close = difflib.get_close_matches(str(k), sorted(known | unsupported), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+            hint = f"known keys: {', '.join(sorted(known))}"
+            hint = f"did you mean {close[0]!r}?" if close else hint
             ctx.fail(_key(key, k), f"unknown key ({hint})")
     return value
 
@@ -314,8 +312,12 @@ def _text(ctx: _Context, key: str, value: Any, what: str = "a string") -> str:
     return value.strip()
 
 
-def _texts(ctx: _Context, key: str, value: Any, what: str, plural: str) -> Iterator[tuple[str, str]]:
-    """The (dotted key, string) items of a list of strings; a single string is a list of one."""
+def _texts(
+    ctx: _Context, key: str, value: Any, what: str, plural: str
+) -> Iterator[tuple[str, str]]:
+    """The (dotted key, string) items of a list of strings; one string is a list of one."""
+    if value is None:
+        return
     if isinstance(value, str):
         yield key, _text(ctx, key, value, what)
         return
@@ -336,7 +338,7 @@ def _bool(ctx: _Context, key: str, value: Any, default: bool) -> bool:
 
 
 def _amount(ctx: _Context, key: str, value: Any, default: Any, parse: Callable[[Any], Any]) -> Any:
-    """A duration or size above zero, read with `parse` (null means `default`)."""
+    """A duration, size or count above zero, read with `parse` (null means `default`)."""
     if value is None:
         return default
     try:
@@ -348,13 +350,12 @@ def _amount(ctx: _Context, key: str, value: Any, default: Any, parse: Callable[[
     return amount
 
 
-def _positive_int(ctx: _Context, key: str, value: Any, default: int) -> int:
-    if value is None:
-        return default
-    if key in ctx.substituted and isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        ctx.fail(key, f"expected a positive whole number, got {_describe(value)}")
+def _count(value: str | int) -> int:
+    """A whole number, also from a string of digits (as `${NAME}` gives)."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {_describe(value)}")
     return value
 
 
@@ -397,14 +398,16 @@ def _upstream(ctx: _Context, name: Any, value: Any) -> UpstreamSettings:
         ctx.fail(key, "an upstream name may only use letters, digits, '_', '.' and '-'")
     data = _section(ctx, key, value, _UPSTREAM_KEYS, _UPSTREAM_UNSUPPORTED)
     listed = data.get("targets")
-    items = [] if listed is None else _texts(ctx, f"{key}.targets", listed, "host:port", "host:port")
+    items = _texts(ctx, f"{key}.targets", listed, "host:port", "host:port")
     targets = tuple(_target(ctx, k, t) for k, t in items)
     if not targets:
         ctx.fail(f"{key}.targets", "required: list at least one host:port")
     return UpstreamSettings(
         name=name,
         targets=targets,
-        timeout=_amount(ctx, f"{key}.timeout", data.get("timeout"), DEFAULT_TIMEOUT, parse_duration),
+        timeout=_amount(
+            ctx, f"{key}.timeout", data.get("timeout"), DEFAULT_TIMEOUT, parse_duration
+        ),
         tls=_bool(ctx, f"{key}.tls", data.get("tls"), False),
         reflection=_bool(ctx, f"{key}.reflection", data.get("reflection"), False),
     )
@@ -430,8 +433,7 @@ def _services(
 
 def _protos(ctx: _Context, value: Any, folder: Path) -> tuple[tuple[Path, ...], str]:
     data = _section(ctx, "protos", value, ("include", "store"))
-    include = data.get("include")
-    items = [] if include is None else _texts(ctx, "protos.include", include, "a path", "paths")
+    items = _texts(ctx, "protos.include", data.get("include"), "a path", "paths")
     paths = tuple(Path(os.path.normpath(folder / p)) for _, p in items)
     if data.get("store") is None:
         return paths, str(folder / DEFAULT_STORE)
@@ -444,15 +446,16 @@ def _protos(ctx: _Context, value: Any, folder: Path) -> tuple[tuple[Path, ...], 
 
 
 def _origin(ctx: _Context, key: str, text: str) -> str:
-    parts = urlsplit(text)
-    if text != "*" and (not parts.scheme or not parts.netloc or text != f"{parts.scheme}://{parts.netloc}"):
+    origin = text.lower()  # browsers send the Origin header lowercased
+    parts = urlsplit(origin)
+    if origin != "*" and (not parts.netloc or origin != f"{parts.scheme}://{parts.netloc}"):
         ctx.fail(key, f"{text!r} is not an origin: use scheme://host[:port] with no path, or '*'")
-    return text.lower()
+    return origin
 
 
 def _cors(ctx: _Context, value: Any) -> CorsSettings:
     origins = _section(ctx, "cors", value, ("allow_origins",)).get("allow_origins")
-    items = [] if origins is None else _texts(ctx, "cors.allow_origins", origins, "an origin", "origins")
+    items = _texts(ctx, "cors.allow_origins", origins, "an origin", "origins")
     return CorsSettings(tuple(_origin(ctx, k, o) for k, o in items))
 
 
@@ -473,14 +476,16 @@ def _limits(ctx: _Context, value: Any) -> Limits:
     sizes = {
         n: _amount(ctx, f"limits.{n}", data.get(n), getattr(d, n), parse_size) for n in _LIMIT_SIZES
     }
-    calls = _positive_int(ctx, "limits.ws_max_calls", data.get("ws_max_calls"), d.ws_max_calls)
+    calls = _amount(ctx, "limits.ws_max_calls", data.get("ws_max_calls"), d.ws_max_calls, _count)
     return Limits(ws_max_calls=calls, **sizes)
 
 
 def _json(ctx: _Context, value: Any) -> JsonOptions:
     data = _section(ctx, "json", value, _JSON_FLAGS)
     d = JsonOptions()
-    return JsonOptions(**{n: _bool(ctx, f"json.{n}", data.get(n), getattr(d, n)) for n in _JSON_FLAGS})
+    return JsonOptions(
+        **{n: _bool(ctx, f"json.{n}", data.get(n), getattr(d, n)) for n in _JSON_FLAGS}
+    )
 
 
 def _admin_token(ctx: _Context, value: Any) -> str | None:
@@ -491,7 +496,7 @@ def _admin_token(ctx: _Context, value: Any) -> str | None:
 
 
 def _build(data: Any, source: Path, label: str, env: Mapping[str, str] | None) -> Settings:
-    """Validate parsed YAML into Settings; the sections are checked in file-independent order."""
+    """Settings from parsed YAML data; upstreams come first because `services` names them."""
     ctx = _Context(label, os.environ if env is None else env)
     if data is not None and not isinstance(data, Mapping):
         ctx.fail("", f"the top level must be a mapping of settings, got {_describe(data)}")
