@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config and protos, print the routes")
     check.add_argument("--config", required=True)
     check.set_defaults(run=_check)
+    openapi = commands.add_parser("openapi", help="print the OpenAPI 3.1 document of the routes")
+    openapi.add_argument("--config", required=True)
+    openapi.set_defaults(run=_openapi)
     return parser
 
 
@@ -75,6 +78,19 @@ def _check(args: argparse.Namespace) -> int:
               f"({method.kind}, upstream {method.upstream})")
     print(f"ok: {len(registry.snapshot.methods)} methods, "
           f"{len(registry.snapshot.routes.routes)} routes", file=sys.stderr)
+    return 0
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    """Print the OpenAPI document of the config's routes as JSON, nothing else on stdout."""
+    import json
+
+    from bridge.openapi import openapi_document
+
+    settings = _settings(args.config)
+    registry = asyncio.run(_load(settings))
+    document = openapi_document(registry.snapshot, use_proto_names=settings.json.use_proto_names)
+    print(json.dumps(document, indent=2, ensure_ascii=False))
     return 0
 
 

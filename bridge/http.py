@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
@@ -104,9 +103,9 @@ class RestGateway:
 async def _read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         raise BridgeError(
-            errors.RESOURCE_EXHAUSTED, f"request body over {exc.max_size} bytes", status=413
+            errors.RESOURCE_EXHAUSTED, f"request body over {request.client_max_size} bytes", status=413
         ) from None
 
 
@@ -116,15 +115,25 @@ def _json_reply(binding: Binding, reply: Message, headers: dict[str, str], rid: 
     return web.Response(body=body, content_type=JSON, headers=headers)
 
 
-async def _ndjson_messages(binding: Binding, body: bytes) -> AsyncIterator[Message]:
-    """Request messages of a client stream: NDJSON lines, or one JSON array of messages."""
+def _ndjson_messages(binding: Binding, body: bytes) -> list[Message]:
+    """Request messages of a client stream: NDJSON lines, or one JSON array of messages.
+
+    Decoded up front, not lazily: a bad line raised inside grpc's request iterator would
+    cancel the call instead of becoming a 400, and the backend would see a half stream.
+    """
     text = body.strip()
     if text.startswith(b"["):
         items = decode_json(text)
     else:
         items = [decode_json(line) for line in text.splitlines() if line.strip()]
-    for item in items:
-        yield binding.request.from_json(item)
+    for index, item in enumerate(items):
+        # from_json assumes an object (parse_body checks that for unary bodies).
+        if not isinstance(item, dict):
+            raise errors.invalid_argument(
+                f"request message {index} must be a JSON object for "
+                f"{binding.request.descriptor.full_name}"
+            )
+    return [binding.request.from_json(item) for item in items]
 
 
 async def _stream_out(

@@ -17,6 +17,13 @@ STOP_GRACE_SECONDS: Final = 5.0
 StartFn = Callable[[int, str], Awaitable[tuple[grpc.aio.Server, int]]]
 
 
+def new_server() -> grpc.aio.Server:
+    """Return an unstarted grpc.aio server with the options every example service uses."""
+    # gRPC enables SO_REUSEPORT by default, which lets a second copy of a service bind the
+    # same port and silently share its traffic; a busy port should be an error instead.
+    return grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+
+
 async def add_health(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
     """Register grpc.health.v1 on server with every named service (and "") SERVING."""
     # The asyncio servicer: the sync one guards its state with threading locks and
@@ -29,7 +36,10 @@ async def add_health(server: grpc.aio.Server, service_names: Sequence[str]) -> N
 
 async def bind_and_start(server: grpc.aio.Server, host: str, port: int) -> int:
     """Bind server to host:port (0 picks a free port), start it, and return the port."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpc reports a failed bind as a RuntimeError
+        raise OSError(f"cannot bind gRPC server to {host}:{port}: {exc}") from None
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {host}:{port}")
     await server.start()

@@ -79,6 +79,11 @@ async def test_grpc_metadata_prefix_reaches_backend_without_prefix(demo):
     assert not any(k.startswith("grpc-metadata-") for k in metadata)
 
 
+async def test_repeated_metadata_headers_all_reach_backend(demo):
+    metadata = await backend_metadata(demo, [("Grpc-Metadata-x-tag", "a"), ("Grpc-Metadata-x-tag", "b")])
+    assert metadata["x-tag"] == "a,b"  # echo joins repeated keys as HTTP does
+
+
 async def test_default_forward_headers_are_forwarded(demo):
     metadata = await backend_metadata(demo, DEFAULT_FORWARDED)
     assert metadata["authorization"] == "Bearer s3cret"
@@ -126,9 +131,9 @@ async def test_hop_by_hop_and_framing_names_never_forwarded_via_prefix(demo):
     assert leaked == {}
 
 
-async def test_hop_by_hop_names_never_forwarded_even_when_listed(start_bridge, echo_server):
+async def test_hop_by_hop_names_never_forwarded_even_when_listed(bridge_with):
     listed = ["keep-alive", "te", "trailer", "proxy-authorization", "host", "x-kept"]
-    bridge = await start_bridge(demo_config(None, echo_server, forward_headers=listed))
+    bridge = await bridge_with(forward_headers=listed)
     metadata = await backend_metadata(
         bridge,
         {
@@ -145,6 +150,16 @@ async def test_hop_by_hop_names_never_forwarded_even_when_listed(start_bridge, e
     # host and content-length are sent by the HTTP client on every request; never forwarded.
     assert "host" not in metadata
     assert "content-length" not in metadata
+
+
+async def test_headers_named_in_connection_are_hop_by_hop(bridge_with):
+    # RFC 9110 7.6.1: a header listed in Connection is meant for the next hop only.
+    bridge = await bridge_with(forward_headers=["x-hop", "x-kept"])
+    metadata = await backend_metadata(
+        bridge, {"Connection": "keep-alive, X-Hop", "X-Hop": "secret", "x-kept": "yes"}
+    )
+    assert metadata["x-kept"] == "yes"
+    assert "x-hop" not in metadata
 
 
 async def test_grpc_reserved_names_never_forwarded(demo):
@@ -213,6 +228,14 @@ async def test_request_id_kept_when_given(demo):
     assert "," not in body["metadata"]["x-request-id"]
 
 
+async def test_unusable_request_id_is_replaced(demo):
+    status, body, headers = await echo(demo, {"X-Request-Id": "x" * 300})
+    assert status == 200, body
+    rid = headers["X-Request-Id"]
+    assert rid and len(rid) <= 128
+    assert body["metadata"]["x-request-id"] == rid
+
+
 async def test_request_id_echoed_on_errors(demo):
     status, body, headers = await demo.json("GET", "/v1/no-such-route", headers={"X-Request-Id": "e-1"})
     assert status == 404, body
@@ -237,6 +260,15 @@ async def test_backend_headers_and_trailers_become_response_headers(demo):
     assert headers["Grpc-Trailer-x-cost"] == "42"
     assert "Grpc-Metadata-x-cost" not in headers
     assert "Grpc-Trailer-x-served-by" not in headers
+
+
+async def test_backend_metadata_comes_back_on_errors_too(demo):
+    # Echo sends its initial metadata before sleeping; the deadline then fails the call.
+    status, body, headers = await echo(
+        demo, {"grpc-timeout": "100m"}, sleep_ms=2000, response_headers={"x-served-by": "echo-1"}
+    )
+    assert status == 504, body
+    assert headers["Grpc-Metadata-x-served-by"] == "echo-1"
 
 
 async def test_backend_binary_metadata_comes_back_base64(demo):
@@ -280,6 +312,13 @@ async def test_metadata_over_8_kib_in_total_is_400_before_backend(demo):
     # Ten headers of 1 KiB each: no single header is large, the total is over 8 KiB.
     headers = [(f"Grpc-Metadata-x-chunk-{i}", "v" * 1024) for i in range(10)]
     await assert_rejected_before_backend(demo, headers)
+
+
+async def test_metadata_limit_is_configurable(bridge_with):
+    bridge = await bridge_with(limits={"max_metadata": "1KiB"})
+    await assert_rejected_before_backend(bridge, {"Grpc-Metadata-x-blob": "v" * 1500})
+    metadata = await backend_metadata(bridge, {"Grpc-Metadata-x-small": "v" * 500})
+    assert metadata["x-small"] == "v" * 500
 
 
 async def test_metadata_under_the_limit_is_accepted(demo):

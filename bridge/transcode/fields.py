@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 FieldPath = tuple[FieldDescriptor, ...]
 
@@ -18,6 +21,16 @@ _WRAPPERS: Final = frozenset(
     for n in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
 )
 _BOOLS: Final = {"true": True, "false": False, "1": True, "0": False}
+# Standard or URL-safe alphabet, padding optional. json_format silently drops any other
+# character ("Zm9v!YmFy" becomes b"foobar"), so the bridge checks bytes values itself.
+_BASE64: Final = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
+# Messages whose JSON is not walked for bytes: none inside, or typed only by "@type".
+_OPAQUE: Final = frozenset(
+    f"google.protobuf.{n}" for n in ("Struct", "Value", "ListValue", "Any")
+)
+# The nesting protobuf runtimes decode by default (upb, C++ and Java stop at 100): a deeper
+# request would fail in the backend's decoder as an UNKNOWN/INTERNAL error, not as a 400.
+MAX_WIRE_DEPTH: Final = 100
 
 
 class FieldError(ValueError):
@@ -92,7 +105,89 @@ def from_text(field: FieldDescriptor, text: str, name: str) -> Any:
             raise FieldError(f"field '{name}': '{text}' is not a boolean (true or false)") from None
     if field.type == FieldDescriptor.TYPE_ENUM and text.lstrip("-").isdigit():
         return int(text)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        _check_base64(text, name)
     return text
+
+
+def check_bytes(message: Descriptor, value: Any, name: str = "") -> None:
+    """Raise FieldError for a bytes value in a JSON object that is not base64."""
+    if not isinstance(value, dict):
+        return  # json_format reports the wrong type
+    for field in _base64_fields(message):
+        key = field.json_name if field.json_name in value else field.name
+        item = value.get(key)
+        if item is None:
+            continue
+        where = f"{name}.{key}" if name else key
+        if is_map(field):
+            field = field.message_type.fields_by_name["value"]
+            items = list(item.values()) if isinstance(item, dict) else []
+        else:
+            items = item if field.is_repeated and isinstance(item, list) else [item]
+        for element in items:
+            if field.message_type is None:
+                _check_base64(element, where)
+            elif field.message_type.full_name == "google.protobuf.BytesValue":
+                _check_base64(element, where)
+            else:
+                check_bytes(field.message_type, element, where)
+
+
+# Bounded caches: every snapshot brings new descriptors, and old ones must be freed.
+@functools.lru_cache(maxsize=4096)
+def _base64_fields(message: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The fields whose JSON may hold base64 text: bytes fields, or messages with bytes inside."""
+    return tuple(
+        f
+        for f in message.fields
+        if f.type == FieldDescriptor.TYPE_BYTES
+        or (f.message_type is not None and _holds_bytes(f.message_type))
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _holds_bytes(message: Descriptor) -> bool:
+    """Whether a bytes field is reachable from the message (recursive types included)."""
+    seen: set[str] = set()
+    todo = [message]
+    while todo:
+        current = todo.pop()
+        if current.full_name in seen or current.full_name in _OPAQUE:
+            continue
+        seen.add(current.full_name)
+        for f in current.fields:
+            if f.type == FieldDescriptor.TYPE_BYTES:
+                return True
+            if f.message_type is not None:
+                todo.append(f.message_type)
+    return False
+
+
+def _check_base64(value: Any, name: str) -> None:
+    if isinstance(value, str) and not _is_base64(value):
+        raise FieldError(f"field '{name}': {value[:40]!r} is not base64")
+
+
+def _is_base64(text: str) -> bool:
+    # One character left over after the groups of four cannot encode a byte.
+    return _BASE64.fullmatch(text) is not None and len(text.rstrip("=")) % 4 != 1
+
+
+def too_deep(message: Message, budget: int = MAX_WIRE_DEPTH) -> bool:
+    """Whether submessages nest over ``budget`` levels deep, map entries counted as on the wire."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        cost = 1
+        children: Any = value if field.is_repeated else (value,)
+        if is_map(field):
+            # Each entry is a message; a message value is one more level below it.
+            message_values = field.message_type.fields_by_name["value"].message_type is not None
+            cost, children = (2, value.values()) if message_values else (1, ())
+        if budget < cost or any(too_deep(child, budget - cost) for child in children):
+            return True
+    return False
 
 
 def _camel_path(path: str) -> str:

@@ -20,9 +20,11 @@ from multidict import MultiMapping
 
 from bridge.errors import invalid_argument
 from bridge.transcode.fields import (
+    MAX_WIRE_DEPTH,
     FieldError,
     FieldPath,
     camel_case,
+    check_bytes,
     check_path_variable,
     dotted_name,
     find_field,
@@ -30,6 +32,7 @@ from bridge.transcode.fields import (
     is_map,
     is_wkt,
     resolve,
+    too_deep,
 )
 
 _QUERY_CACHE_MAX: Final = 256
@@ -102,23 +105,27 @@ class RequestPlan:
     ) -> Message:
         """Bind path variables, then the body, then query parameters; a 400 names the field."""
         data = self.parse_body(body)
+        # Inferred from the body alone: a path variable such as {user.name} lands inside the
+        # body field too, but the client did not ask to change it (grpc-gateway does the same).
+        inferred = self._inferred_mask(data) if self.infer_mask else None
         for names, path in self.variables:
             value = params.get(names)
             if value is not None:
                 _put(data, path, _convert(path, value))
         if query:
             self._bind_query(data, query)
-        if self.infer_mask and "update_mask" not in data and "updateMask" not in data:
-            self._infer_mask(data)
+        if inferred is not None and "update_mask" not in data and "updateMask" not in data:
+            data["updateMask"] = inferred
         return self.from_json(data)
 
-    def _infer_mask(self, data: dict[str, Any]) -> None:
-        """Set update_mask to the fields the PATCH body names, as grpc-gateway does."""
+    def _inferred_mask(self, data: dict[str, Any]) -> str | None:
+        """The update_mask of the fields the PATCH body names, as grpc-gateway infers it."""
         assert self.body is not None
         value = data.get(self.body)
         body_field = self.descriptor.fields_by_name[self.body]
         if isinstance(value, dict) and body_field.message_type is not None:
-            data["updateMask"] = ",".join(mask_paths(body_field.message_type, value))
+            return ",".join(mask_paths(body_field.message_type, value))
+        return None
 
     def parse_body(self, body: bytes) -> dict[str, Any]:
         """The JSON object the body contributes (empty when the rule takes no body)."""
@@ -144,6 +151,14 @@ class RequestPlan:
             raise invalid_argument(str(exc)) from None
         except RecursionError:
             raise invalid_argument("request JSON is nested too deeply") from None
+        try:
+            check_bytes(self.descriptor, data)
+        except FieldError as exc:
+            raise invalid_argument(str(exc)) from None
+        if too_deep(message):
+            raise invalid_argument(
+                f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)"
+            )
         return message
 
     def _bind_query(self, data: dict[str, Any], query: MultiMapping[str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -24,7 +24,7 @@ def rpc_error(exc: grpc.aio.AioRpcError, pool: DescriptorPool | None) -> BridgeE
 
 
 async def unary(
-    stub: Any, request: Message | AsyncIterator[Message], timeout: float | None, metadata: Metadata,
+    stub: Any, request: Message | Iterable[Message], timeout: float | None, metadata: Metadata,
     pool: DescriptorPool,
 ) -> tuple[Message, dict[str, str]]:
     """Make a call with one response; returns it with its metadata as response headers."""

@@ -44,7 +44,12 @@ def request_metadata(
     if peer:
         metadata.append((FORWARDED_FOR, peer))
     size = sum(len(k) + len(v) for k, v in metadata)
+    headers = list(headers)
+    # Headers the client names in Connection are for this hop only (RFC 9110 7.6.1).
+    hop_only = _connection_options(headers)
     for name, value in headers:
+        if name.lower() in hop_only:
+            continue
         key = _metadata_key(name.lower(), forward)
         if key is None:
             continue
@@ -54,6 +59,17 @@ def request_metadata(
             raise invalid_argument(f"request metadata exceeds {max_bytes} bytes in total")
         metadata.append((key, converted))
     return metadata
+
+
+def _connection_options(headers: list[tuple[str, str]]) -> frozenset[str]:
+    """The header names listed in the request's Connection header(s), lowercased."""
+    return frozenset(
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+        if token.strip()
+    )
 
 
 def _metadata_key(name: str, forward: frozenset[str]) -> str | None:

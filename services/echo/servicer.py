@@ -1,21 +1,20 @@
-"""The EchoService implementation: reflection of requests, failures on demand, all streaming shapes."""
+"""The EchoService implementation: requests reflected back, failures on demand, streams."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn, TypeAlias
 
 import grpc
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-import services  # noqa: F401  (puts the generated code on sys.path)
-from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from services.echo.metadata import map_to_metadata, metadata_to_map
 from services.echo.stats import CallStats, counted
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 STATUS_BY_NUMBER: Final = {status.value[0]: status for status in grpc.StatusCode}
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
@@ -112,7 +111,9 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
                 await asyncio.sleep(request.interval_ms / 1000)
             seq += 1
             text = f"{request.prefix}{seq}"
-            await context.write(echo_pb2.TickEvent(seq=seq, text=text, time=_now(), payload=payload))
+            await context.write(
+                echo_pb2.TickEvent(seq=seq, text=text, time=_now(), payload=payload)
+            )
             if request.fail_after and seq >= request.fail_after:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "tick source failed")
 
@@ -135,7 +136,9 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
         seq = 0
         async for message in request_iterator:
             seq += 1
-            reply = echo_pb2.ChatMessage(user="echo", text=f"{message.user}: {message.text}", seq=seq)
+            reply = echo_pb2.ChatMessage(
+                user="echo", text=f"{message.user}: {message.text}", seq=seq
+            )
             await context.write(reply)
 
     async def GetStats(self, request: empty_pb2.Empty, context: Context) -> echo_pb2.Stats:

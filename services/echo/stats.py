@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
-
-import services  # noqa: F401  (puts the generated code on sys.path)
 from demo.echo.v1 import echo_pb2
 
 
@@ -97,9 +95,7 @@ def counted(handler: Handler[S]) -> Handler[S]:
     @functools.wraps(handler)
     async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = self.stats.begin(method)
-        context.add_done_callback(
-            lambda ctx: self.stats.finish(record, cancelled=ctx.cancelled())
-        )
+        context.add_done_callback(lambda ctx: self.stats.finish(record, cancelled=ctx.cancelled()))
         try:
             return await handler(self, request, context)
         except asyncio.CancelledError:

@@ -7,7 +7,6 @@ import binascii
 from collections.abc import Iterable
 from typing import Final
 
-import services  # noqa: F401  (puts the generated code on sys.path)
 from demo.users.v1 import users_pb2
 
 DEFAULT_PAGE_SIZE: Final = 10

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
+from demo.users.v1 import users_pb2, users_pb2_grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
-import services  # noqa: F401  (puts the generated code on sys.path)
-from demo.users.v1 import users_pb2, users_pb2_grpc
 from services.users.listing import ListingError, list_page
 from services.users.store import ID_PATTERN, UserDirectory, resource_name
 from services.users.update import MaskError, apply_update
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -52,9 +51,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             await _not_found(context, user_id)
         return user
 
-    async def GetUser(
-        self, request: users_pb2.GetUserRequest, context: Context
-    ) -> users_pb2.User:
+    async def GetUser(self, request: users_pb2.GetUserRequest, context: Context) -> users_pb2.User:
         return await self._existing(request.id, context)
 
     async def ListUsers(
@@ -72,13 +69,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             await _invalid(context, "user.display_name is required")
         user_id = request.user_id
         if user_id and not ID_PATTERN.fullmatch(user_id):
-            await _invalid(
-                context, f"user_id {user_id!r} must be 1-63 letters, digits, '-' or '_'"
-            )
+            await _invalid(context, f"user_id {user_id!r} must be 1-63 letters, digits, '-' or '_'")
         if user_id in self.directory:
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS, f"user {user_id!r} already exists"
-            )
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"user {user_id!r} already exists")
         user = users_pb2.User()
         user.CopyFrom(request.user)
         # A dry run shows the id it would get without taking it from the sequence.
@@ -96,7 +89,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> users_pb2.User:
         user_id = _id_from_name(request.user)
         if not user_id:
-            await _invalid(context, "user.name must be \"users/{id}\"")
+            await _invalid(context, 'user.name must be "users/{id}"')
         existing = await self._existing(user_id, context)
         try:
             updated = apply_update(existing, request.user, request.update_mask)
@@ -113,9 +106,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             await _not_found(context, request.id)
         return empty_pb2.Empty()
 
-    async def BanUser(
-        self, request: users_pb2.BanUserRequest, context: Context
-    ) -> users_pb2.User:
+    async def BanUser(self, request: users_pb2.BanUserRequest, context: Context) -> users_pb2.User:
         existing = await self._existing(request.id, context)
         if request.duration.seconds < 0 or request.duration.nanos < 0:
             await _invalid(context, "duration must not be negative")

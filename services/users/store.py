@@ -6,12 +6,9 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
-
-import services  # noqa: F401  (puts the generated code on sys.path)
 from demo.users.v1 import users_pb2
-
-User = users_pb2.User
+from demo.users.v1.users_pb2 import User
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
 
 # Ids become part of the resource name "users/{id}", so a slash or a space would break the
 # path templates that route on it.

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from google.protobuf import descriptor, field_mask_pb2
-
-import services  # noqa: F401  (puts the generated code on sys.path)
 from demo.users.v1 import users_pb2
+from google.protobuf import descriptor, field_mask_pb2
 
 # Set by the server, never by an update.
 OUTPUT_ONLY: Final = frozenset({"name", "id", "create_time", "update_time"})

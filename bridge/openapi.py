@@ -1,0 +1,464 @@
+"""The OpenAPI 3.1 document of a snapshot's HTTP routes, with schemas derived from the messages.
+
+Paths follow grpc-gateway's openapiv2 generator: ``/v1/{name=users/*}`` becomes ``/v1/{name}``
+whose parameter carries the pattern ``^users/[^/]+$`` (the value includes the literal part),
+and a trailing ``:verb`` stays literal. Schemas follow the proto3 JSON mapping the bridge
+speaks (int64 as string, enums by name, well-known types in their JSON forms). Paths, methods
+and schemas come out in a fixed order, so one snapshot always gives the same document.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.rpc import status_pb2
+
+from bridge.http import JSON, NDJSON, SSE
+from bridge.registry.snapshot import Binding, Snapshot
+from bridge.routing import Route
+from bridge.routing.template import Segment, SegmentKind, Template, Variable
+from bridge.transcode.fields import FieldPath, is_map
+
+__all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_path"]
+
+OPENAPI_VERSION: Final = "3.1.0"
+Schema = dict[str, Any]
+
+_REF: Final = "#/components/schemas/"
+_METHODS: Final = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_QUERY_DEPTH: Final = 3  # longest dotted query name; deeper fields are rarely meant for URLs
+_TEMPLATE_VAR: Final = re.compile(r"\{[^}]*\}")
+_REGEX_SPECIAL: Final = re.compile(r"[.^$+?()\[\]|\\]")  # no "\-": invalid in ECMA-262 /u
+
+_T = FieldDescriptor
+_INT64: Final = {"type": "string", "format": "int64"}  # proto3 JSON writes 64-bit ints as strings
+_UINT64: Final = {"type": "string", "format": "uint64"}
+_INT32: Final = {"type": "integer", "format": "int32"}
+_UINT32: Final = {"type": "integer", "format": "uint32", "minimum": 0}
+_SCALARS: Final[dict[int, Schema]] = {
+    _T.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    _T.TYPE_FLOAT: {"type": "number", "format": "float"},
+    _T.TYPE_INT64: _INT64, _T.TYPE_SINT64: _INT64, _T.TYPE_SFIXED64: _INT64,
+    _T.TYPE_UINT64: _UINT64, _T.TYPE_FIXED64: _UINT64,
+    _T.TYPE_INT32: _INT32, _T.TYPE_SINT32: _INT32, _T.TYPE_SFIXED32: _INT32,
+    _T.TYPE_UINT32: _UINT32, _T.TYPE_FIXED32: _UINT32,
+    _T.TYPE_BOOL: {"type": "boolean"},
+    _T.TYPE_STRING: {"type": "string"},
+    _T.TYPE_BYTES: {"type": "string", "format": "byte"},
+}  # fmt: skip
+_WELL_KNOWN: Final[dict[str, Schema]] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
+    "google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated field paths."},
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}},
+                            "required": ["@type"], "additionalProperties": True},
+}  # fmt: skip
+_WRAPPERS: Final = frozenset(
+    f"google.protobuf.{n}Value"
+    for n in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+)
+# Message types whose JSON form is a scalar, so URL text (path or query) can set them.
+_URL_TEXT: Final = _WRAPPERS | {
+    "google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"
+}
+
+
+def openapi_document(
+    snapshot: Snapshot, *, title: str = "Bridge", use_proto_names: bool = False,
+    version: str = "1.0.0", expand_slashed_paths: bool = False,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a JSON-ready dict) of every HTTP route of the snapshot.
+
+    ``expand_slashed_paths`` writes ``/v1/{name=users/*}`` as ``/v1/users/{name}``: generic
+    clients percent-encode a ``/`` inside a parameter, which the route table does not split.
+    """
+    schemas = _Schemas(use_proto_names)
+    paths = _Paths(expand_slashed_paths)
+    routes = snapshot.routes.routes
+    ids = _operation_ids(routes)
+    for route in sorted(routes, key=lambda r: (r.template.source, r.verb, r.owner)):
+        paths.add(route, lambda params, r=route: _operation(r, ids[r], params, schemas))
+    document: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": version},
+        "tags": [{"name": s} for s in sorted({r.target.method.service for r in routes})],
+        "paths": {path: paths.items[path] for path in sorted(paths.items)},
+        "components": {"schemas": schemas.components()},
+    }
+    if paths.unlisted:  # OpenAPI cannot hold them all: custom HTTP methods, identical paths
+        document["x-bridge-unlisted-routes"] = paths.unlisted
+    return document
+
+
+# --- paths -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PathParam:
+    """A path parameter: the request field it sets (None: no field of its own), its pattern."""
+
+    name: str
+    field_path: tuple[str, ...] | None
+    pattern: str | None = None
+    description: str | None = None
+
+
+class _Paths:
+    """Path items keyed by OpenAPI path; finds each route a path no other route holds."""
+
+    def __init__(self, expand: bool) -> None:
+        self.attempts = (True,) if expand else (False, True)  # the expanded form is the fallback
+        self.items: dict[str, dict[str, Any]] = {}
+        self.shapes: dict[str, str] = {}  # the path with parameter names blanked -> the path
+        self.unlisted: list[str] = []
+
+    def add(self, route: Route, build: Callable[[list[_PathParam]], dict[str, Any]]) -> None:
+        verb = route.verb.lower()
+        if verb not in _METHODS:
+            self.unlisted.append(f"{route}: OpenAPI has no HTTP method {route.verb}")
+            return
+        for expand in self.attempts:
+            path, params = openapi_path(route.template, expand=expand)
+            taken = self.shapes.setdefault(_TEMPLATE_VAR.sub("{}", path), path)
+            item = self.items.setdefault(taken, {})
+            if verb not in item:
+                # OpenAPI deems paths that differ only in parameter names identical: share one.
+                item[verb] = build(_renamed(params, path, taken))
+                self.items[taken] = {v: item[v] for v in _METHODS if v in item}
+                return
+        self.unlisted.append(f"{route}: another route has the same OpenAPI path and method")
+
+
+def _renamed(params: list[_PathParam], path: str, taken: str) -> list[_PathParam]:
+    """The parameters of ``path`` under the names that ``taken``, of the same shape, uses."""
+    names = dict(zip(_TEMPLATE_VAR.findall(path), _TEMPLATE_VAR.findall(taken), strict=True))
+    renamed = []
+    for param in params:
+        name = names["{" + param.name + "}"][1:-1]
+        note = param.description
+        if name != param.name:
+            note = note or f"Sets `{'.'.join(param.field_path or ())}`."
+            for old, new in names.items():
+                note = note.replace(old, new)
+        renamed.append(replace(param, name=name, description=note))
+    return renamed
+
+
+def openapi_path(template: Template, *, expand: bool = False) -> tuple[str, list[_PathParam]]:
+    """A template in OpenAPI form (``/v1/{user.name}:verb``) and its path parameters.
+
+    With ``expand``, the literal segments of a variable's pattern stay in the path and each
+    wildcard becomes a parameter of its own (``/v1/users/{user.name}``).
+    """
+    starts = {v.start: v for v in template.variables}
+    segments = template.segments
+    parts: list[str] = []
+    params: list[_PathParam] = []
+    i = 0
+    while i < len(segments):
+        var = starts.get(i)
+        if var is None:
+            parts.append(_anonymous(segments[i], params))
+            i += 1
+            continue
+        end = len(segments) if var.end is None else var.end
+        parts.append(_variable(var, segments[i:end], expand, params))
+        i = end
+    verb = f":{template.verb}" if template.verb else ""
+    return "/" + "/".join(parts) + verb, params
+
+
+def _anonymous(segment: Segment, params: list[_PathParam]) -> str:
+    """A literal, or a wildcard outside any variable: a parameter that sets no field."""
+    if segment.kind is SegmentKind.LITERAL:
+        return segment.literal
+    name = f"_segment{len(params) + 1}"
+    pattern = _regex((segment,)) if segment.kind is SegmentKind.MULTI else None
+    params.append(_PathParam(name, None, pattern, "Any value; it sets no request field."))
+    return "{" + name + "}"
+
+
+def _variable(
+    var: Variable, segments: tuple[Segment, ...], expand: bool, params: list[_PathParam]
+) -> str:
+    """``{field=pattern}``: one parameter with the pattern, or (expanded) one per wildcard."""
+    shape = "/".join(s.shape for s in segments)
+    if not expand or shape in ("*", "**"):
+        note = f"Sets `{var.dotted}` to the part of the path matching `{shape}`."
+        pattern = None if shape == "*" else _regex(segments)
+        params.append(_PathParam(var.dotted, var.field_path, pattern, pattern and note))
+        return "{" + var.dotted + "}"
+    parts: list[str] = []
+    wildcards: list[tuple[str, Segment]] = []
+    for segment in segments:
+        name = var.dotted if not wildcards else f"{var.dotted}_{len(wildcards) + 1}"
+        if segment.kind is not SegmentKind.LITERAL:
+            wildcards.append((name, segment))
+        parts.append(segment.literal or "{" + name + "}")
+    written = "/".join(parts)
+    for name, segment in wildcards:
+        pattern = _regex((segment,)) if segment.kind is SegmentKind.MULTI else None
+        params.append(_PathParam(name, None, pattern, f"Sets `{var.dotted}` to `{written}`."))
+    return written
+
+
+def _regex(segments: Iterable[Segment]) -> str:
+    """An anchored ECMA-262 pattern for a run of template segments."""
+    pieces = {SegmentKind.SINGLE: "[^/]+", SegmentKind.MULTI: ".+"}
+    return "^" + "/".join(
+        _REGEX_SPECIAL.sub(r"\\\g<0>", s.literal) if s.literal else pieces[s.kind]
+        for s in segments
+    ) + "$"
+
+
+# --- operations ------------------------------------------------------------------------------
+
+
+def _is_default(route: Route) -> bool:
+    """Whether this is the ``POST /pkg.Service/Method`` route every method gets."""
+    return route.verb == "POST" and route.template.source == route.target.method.grpc_path
+
+
+def _operation_ids(routes: Iterable[Route]) -> dict[Route, str]:
+    """``Service_Method`` for a method's first HTTP rule, ``_1``, ``_2`` for the others.
+
+    The default route is ``Service_Method_rpc`` when the method has HTTP rules of its own (they
+    own the plain id), else plain. A service name shared by two packages is spelled in full.
+    """
+    by_method: dict[str, list[Route]] = {}
+    for route in routes:
+        by_method.setdefault(route.target.method.full_name, []).append(route)
+    services = {group[0].target.method.service for group in by_method.values()}
+    short = [s.rpartition(".")[2] for s in services]
+    ids: dict[Route, str] = {}
+    for group in by_method.values():
+        method = group[0].target.method
+        service = method.service.rpartition(".")[2]
+        if short.count(service) > 1:
+            service = method.service.replace(".", "_")
+        base = f"{service}_{method.name}"
+        rules = [r for r in group if not _is_default(r)]
+        ids.update((r, f"{base}_{i}" if i else base) for i, r in enumerate(rules))
+        ids.update((r, f"{base}_rpc" if rules else base) for r in group if _is_default(r))
+    return ids
+
+
+def _operation(
+    route: Route, operation_id: str, path_params: list[_PathParam], schemas: _Schemas
+) -> dict[str, Any]:
+    """One OpenAPI operation: the parameters, request body and responses of a route."""
+    binding: Binding = route.target
+    method = binding.method
+    description = f"Calls `{method.full_name}` ({method.kind.replace('_', ' ')})."
+    if binding.request.infer_mask:
+        mask = schemas.key(binding.request.descriptor.fields_by_name["update_mask"])
+        description += f" Without `{mask}`, it updates the fields present in the body."
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [method.service],
+        "summary": method.name,
+        "description": description,
+        "x-grpc": {"method": method.full_name, "kind": method.kind},
+    }
+    parameters = [_path_parameter(p, binding, schemas) for p in path_params]
+    parameters += _query_parameters(binding, schemas)
+    if parameters:
+        operation["parameters"] = parameters
+    body = _request_body(binding, schemas)
+    if body is not None:
+        operation["requestBody"] = body
+    operation["responses"] = _responses(binding, schemas)
+    return operation
+
+
+def _path_parameter(param: _PathParam, binding: Binding, schemas: _Schemas) -> dict[str, Any]:
+    schema: Schema = {"type": "string", "pattern": param.pattern}
+    if param.pattern is None:
+        fields = dict(binding.request.variables).get(param.field_path or ())
+        schema = schemas.url_value(fields[-1]) if fields else {"type": "string"}
+    parameter = {"name": param.name, "in": "path", "required": True, "schema": schema}
+    if param.description:
+        parameter["description"] = param.description
+    return parameter
+
+
+def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any]]:
+    """Fields that no path variable or body sets, as query parameters (dotted when nested)."""
+    request = binding.request
+    if request.body == "*" or binding.method.client_streaming:
+        return []  # a client stream is read from the body alone
+    root = request.descriptor
+    return [
+        {"name": ".".join(schemas.key(f) for f in path), "in": "query",
+         "schema": schemas.url_value(path[-1])}
+        for path in _query_fields(root, request.bound, (), frozenset({root.full_name}))
+    ]  # fmt: skip
+
+
+def _query_fields(
+    message: Descriptor, bound: frozenset[tuple[str, ...]], prefix: FieldPath,
+    seen: frozenset[str],
+) -> Iterator[FieldPath]:
+    """Field paths a URL can set: scalars, enums, lists of them, text-valued well-known types."""
+    for f in message.fields:
+        path = (*prefix, f)
+        nested = f.message_type
+        if tuple(p.name for p in path) in bound:
+            continue
+        if nested is None or nested.full_name in _URL_TEXT:
+            yield path
+        elif not (f.is_repeated or nested.full_name.startswith("google.protobuf.")) and (
+            len(path) < _QUERY_DEPTH and nested.full_name not in seen  # cycles end here
+        ):
+            yield from _query_fields(nested, bound, path, seen | {nested.full_name})
+
+
+def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any] | None:
+    """The body: the whole message (``*``), one field, or NDJSON messages for a client stream."""
+    request = binding.request
+    if binding.method.client_streaming:
+        message = schemas.message(request.descriptor)
+        array = {"type": "array", "items": message}
+        stream = {NDJSON: {"schema": message}, JSON: {"schema": array}}
+        about = "The request stream: one message per line (NDJSON), or a JSON array of messages."
+        return {"description": about, "content": copy.deepcopy(stream)}
+    if request.body is None:
+        return None
+    cut = {tuple(f.name for f in path) for _, path in request.variables}
+    if request.body == "*":
+        return {"content": {JSON: {"schema": schemas.without(request.descriptor, cut)}}}
+    body = request.descriptor.fields_by_name[request.body]
+    below = {p[1:] for p in cut if p[0] == body.name}
+    schema = schemas.without(body.message_type, below) if below else schemas.field(body)
+    return {"content": {JSON: {"schema": schema}}}
+
+
+def _responses(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
+    """``200`` with the message (a stream of them for server streaming); ``default``: Status."""
+    plan, output = binding.response, binding.method.output.DESCRIPTOR
+    out = schemas.message(output) if plan.field is None else schemas.field(plan.field)
+    name = output.full_name + (f".{plan.field.name}" if plan.field else "")
+    status = schemas.message(status_pb2.Status.DESCRIPTOR)
+    ok: dict[str, Any] = {"description": f"`{name}`", "content": {JSON: {"schema": out}}}
+    if binding.method.server_streaming:
+        ok["description"] = (
+            f"A stream of `{name}`. NDJSON: a `{{\"result\": message}}` line per message; a "
+            "failure after the first line ends it with `{\"error\": status}`. With `Accept: "
+            "text/event-stream`: a `data: <message>` event per message, and `event: error` "
+            "with the status if the call fails."
+        )
+        line = {"oneOf": [_one_key("result", out), _one_key("error", dict(status))]}
+        ok["content"] = {NDJSON: {"schema": line}, SSE: {"schema": {"type": "string"}}}
+    about = "An error: a `google.rpc.Status`; the HTTP status follows its code."
+    return {"200": ok, "default": {"description": about, "content": {JSON: {"schema": status}}}}
+
+
+def _one_key(key: str, schema: Schema) -> Schema:
+    return {"type": "object", "properties": {key: schema}, "required": [key]}
+
+
+# --- schemas ---------------------------------------------------------------------------------
+
+
+class _Schemas:
+    """Schemas of fields and messages; each message or enum referenced becomes a component."""
+
+    def __init__(self, use_proto_names: bool) -> None:
+        self.use_proto_names = use_proto_names
+        self.pending: dict[str, Descriptor | EnumDescriptor] = {}
+        self.done: dict[str, Schema] = {}
+
+    def key(self, f: FieldDescriptor) -> str:
+        """The field's name in JSON: lowerCamel ``json_name`` unless proto names are asked for."""
+        return f.name if self.use_proto_names else f.json_name
+
+    def ref(self, descriptor: Descriptor | EnumDescriptor) -> Schema:
+        if descriptor.full_name not in self.done:
+            self.pending[descriptor.full_name] = descriptor
+        return {"$ref": _REF + descriptor.full_name}
+
+    def message(self, descriptor: Descriptor) -> Schema:
+        """A well-known type inline in its JSON form, any other message by reference."""
+        name = descriptor.full_name
+        if name in _WELL_KNOWN:
+            return copy.deepcopy(_WELL_KNOWN[name])
+        if name in _WRAPPERS:  # the wrapped scalar, or null
+            inner = _wrapped(descriptor)
+            return {**inner, "type": [inner["type"], "null"]}
+        return self.ref(descriptor)
+
+    def single(self, f: FieldDescriptor) -> Schema:
+        """The schema of one value of the field (one element when it is repeated)."""
+        if f.message_type is not None:
+            return self.message(f.message_type)
+        if f.enum_type is not None:
+            if f.enum_type.full_name == "google.protobuf.NullValue":
+                return {"type": "null"}
+            return self.ref(f.enum_type)
+        return dict(_SCALARS[f.type])
+
+    def field(self, f: FieldDescriptor) -> Schema:
+        """The schema of a field's JSON value: maps as objects, repeated fields as arrays."""
+        if is_map(f):
+            value = f.message_type.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self.single(value)}
+        single = self.single(f)
+        return {"type": "array", "items": single} if f.is_repeated else single
+
+    def url_value(self, f: FieldDescriptor) -> Schema:
+        """The schema of a field as URL text sets it: a wrapper is its scalar, never null."""
+        message = f.message_type
+        wrapper = message is not None and message.full_name in _WRAPPERS
+        single = _wrapped(message) if wrapper else self.single(f)
+        return {"type": "array", "items": single} if f.is_repeated else single
+
+    def without(self, message: Descriptor, cut: set[tuple[str, ...]]) -> Schema:
+        """The message's schema less the fields the path sets (their field-name paths)."""
+        if not cut:
+            return self.message(message)
+        properties: dict[str, Schema] = {}
+        for f in message.fields:
+            below = {p[1:] for p in cut if p[0] == f.name and len(p) > 1}
+            if (f.name,) not in cut:
+                schema = self.without(f.message_type, below) if below else self.described(f)
+                properties[self.key(f)] = schema
+        dropped = ", ".join(sorted(".".join(p) for p in cut))
+        about = f"`{message.full_name}` without what the path sets ({dropped})."
+        return {"type": "object", "description": about, "properties": properties}
+
+    def described(self, f: FieldDescriptor) -> Schema:
+        """The field's schema, naming its oneof (not protoc's ``_name`` one for ``optional``)."""
+        schema = self.field(f)
+        group = f.containing_oneof
+        if group is not None and not (len(group.fields) == 1 and group.name == f"_{f.name}"):
+            names = ", ".join(f"`{self.key(m)}`" for m in group.fields)
+            schema["description"] = f"Part of oneof `{group.name}`: at most one of {names}."
+        if f.GetOptions().deprecated:
+            schema["deprecated"] = True
+        return schema
+
+    def components(self) -> dict[str, Schema]:
+        """Every referenced message and enum, built until no new reference appears, sorted."""
+        while self.pending:
+            name, descriptor = self.pending.popitem()
+            self.done[name] = {}  # a recursive message refers to itself while being built
+            if isinstance(descriptor, EnumDescriptor):
+                self.done[name] = {"type": "string", "enum": [v.name for v in descriptor.values]}
+            else:
+                properties = {self.key(f): self.described(f) for f in descriptor.fields}
+                self.done[name] = {"type": "object", "properties": properties}
+        return dict(sorted(self.done.items()))
+
+
+def _wrapped(wrapper: Descriptor) -> Schema:
+    """The schema of the scalar a ``google.protobuf.*Value`` wrapper holds."""
+    return dict(_SCALARS[wrapper.fields_by_name["value"].type])

@@ -1,0 +1,164 @@
+"""The ``make run`` supervisor: both example services and the bridge, stopped together.
+
+``python -m services.run`` starts users (50051) and echo (50052), then the bridge on
+127.0.0.1:8080 with the committed ``bridge.yaml``, waits until its ``/readyz`` answers 200,
+prints curl commands to try, and runs until Ctrl-C or until any of them exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+BRIDGE_URL: Final = "http://127.0.0.1:8080"  # the listen address in bridge.yaml
+READY_TIMEOUT_SECONDS: Final = 20.0
+STOP_TIMEOUT_SECONDS: Final = 5.0
+POLL_SECONDS: Final = 0.25
+
+CURL_EXAMPLES: Final = f"""\
+# a user (int64 karma comes back as a string)
+curl -s {BRIDGE_URL}/v1/users/1
+# filtered and paged
+curl -s '{BRIDGE_URL}/v1/users?role=ROLE_MEMBER&page_size=1'
+# create
+curl -s -X POST {BRIDGE_URL}/v1/users -H 'Content-Type: application/json' \\
+  -d '{{"displayName": "Grace Hopper", "role": "ROLE_MEMBER", "tags": ["navy"]}}'
+# partial update with a field mask
+curl -s -X PATCH '{BRIDGE_URL}/v1/users/2?update_mask=display_name' \\
+  -H 'Content-Type: application/json' -d '{{"displayName": "Alan M. Turing"}}'
+# a custom verb
+curl -s -X POST '{BRIDGE_URL}/v1/users/2:ban' -H 'Content-Type: application/json' \\
+  -d '{{"reason": "spam", "duration": "3600s"}}'
+# server streaming as NDJSON, then as Server-Sent Events
+curl -N '{BRIDGE_URL}/v1/ticks?count=5&interval_ms=500'
+curl -N -H 'Accept: text/event-stream' '{BRIDGE_URL}/v1/ticks?count=5&interval_ms=500'
+# the default route, for any method
+curl -s -X POST {BRIDGE_URL}/demo.echo.v1.EchoService/Echo -H 'Content-Type: application/json' \\
+  -d '{{"message": "hello", "number": "9007199254740993"}}'"""
+
+
+@dataclass
+class Child:
+    """A named subprocess under supervision."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+
+    def exit_reason(self) -> str | None:
+        """Return why the process has ended, or None while it runs."""
+        code = self.process.poll()
+        return None if code is None else f"{self.name} exited with code {code}"
+
+
+def spawn(name: str, args: list[str]) -> Child:
+    """Start a child in the repo root, in its own process group."""
+    # Its own group keeps a terminal Ctrl-C away from it, so that the supervisor alone
+    # decides the shutdown order: the bridge first, then the services it calls.
+    process = subprocess.Popen(args, cwd=REPO_ROOT, process_group=0)
+    return Child(name, process)
+
+
+def start_all(children: list[Child]) -> None:
+    """Start the two services and the bridge, in that order, appending each to children."""
+    # Appending one by one means an interrupt half-way still leaves every started child
+    # in the list that the shutdown walks.
+    python = sys.executable
+    children.append(spawn("users", [python, "-m", "services.users", "--port", "50051"]))
+    children.append(spawn("echo", [python, "-m", "services.echo", "--port", "50052"]))
+    bridge = [python, "-m", "bridge.cli", "serve", "--config", "bridge.yaml"]
+    children.append(spawn("bridge", bridge))
+
+
+def probe(url: str) -> str | None:
+    """Return None when url answers 200, else what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return None if response.status == 200 else f"{url} answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        body = exc.read(500).decode(errors="replace").strip()
+        return f"{url} answered {exc.code}: {body}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"{url}: {getattr(exc, 'reason', exc)}"
+
+
+def wait_ready(children: list[Child], url: str, timeout: float) -> str | None:
+    """Poll url until it answers 200; return None then, else the reason it never did."""
+    deadline = time.monotonic() + timeout
+    reason = "not polled yet"
+    while time.monotonic() < deadline:
+        for child in children:
+            if (exited := child.exit_reason()) is not None:
+                return exited
+        problem = probe(url)
+        if problem is None:
+            return None
+        reason = problem
+        time.sleep(POLL_SECONDS)
+    return f"not ready after {timeout:.0f}s: {reason}"
+
+
+def wait_for_exit(children: list[Child]) -> str:
+    """Block until a child ends; return the reason."""
+    while True:
+        for child in children:
+            if (exited := child.exit_reason()) is not None:
+                return exited
+        time.sleep(POLL_SECONDS)
+
+
+def stop_all(children: list[Child]) -> None:
+    """Terminate every child, newest first, and kill those still alive after the timeout."""
+    # A second Ctrl-C must not abandon the children half-way; the kill deadline bounds this.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for child in reversed(children):
+        if child.process.poll() is None:
+            child.process.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for child in reversed(children):
+        try:
+            child.process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            print(f"run: {child.name} did not stop in time, killing it", file=sys.stderr)
+            child.process.kill()
+            child.process.wait()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    """Run everything until Ctrl-C or a child's exit; return the process exit code."""
+    # Installed explicitly: a shell that starts us in the background ignores SIGINT, and
+    # Python would inherit that instead of raising KeyboardInterrupt.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    children: list[Child] = []
+    try:
+        start_all(children)
+        if failure := wait_ready(children, f"{BRIDGE_URL}/readyz", READY_TIMEOUT_SECONDS):
+            print(f"run: the bridge is not ready: {failure}", file=sys.stderr)
+            return 1
+        print(f"\nBridge ready on {BRIDGE_URL} (Ctrl-C stops everything). Try:\n", flush=True)
+        print(CURL_EXAMPLES, flush=True)
+        print(f"run: stopping because {wait_for_exit(children)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nrun: stopping", file=sys.stderr)
+        return 0
+    finally:
+        stop_all(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

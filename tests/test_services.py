@@ -1,0 +1,477 @@
+"""Functional tests of the example gRPC services, called in-process with real grpc.aio stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2, field_mask_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services import GEN_DIR
+from services.gen import generate
+
+if not (GEN_DIR / "demo").is_dir():  # a fresh checkout: make install has not run yet
+    assert generate() == 0, "protoc failed"
+
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
+from demo.users.v1 import users_pb2, users_pb2_grpc
+
+from services.echo.server import start as start_echo
+from services.users import listing
+from services.users.server import start as start_users
+
+Code = grpc.StatusCode
+UsersStub = users_pb2_grpc.UserServiceStub
+EchoStub = echo_pb2_grpc.EchoServiceStub
+StartFn = Callable[[int], Awaitable[tuple[grpc.aio.Server, int]]]
+
+
+@asynccontextmanager
+async def serving(start: StartFn) -> AsyncIterator[grpc.aio.Channel]:
+    """Start a service on a free port and yield a channel to it; stop it afterwards."""
+    server, port = await start(0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def users() -> AsyncIterator[UsersStub]:
+    async with serving(start_users) as channel:
+        yield UsersStub(channel)
+
+
+@pytest.fixture
+async def echo_channel() -> AsyncIterator[grpc.aio.Channel]:
+    async with serving(start_echo) as channel:
+        yield channel
+
+
+@pytest.fixture
+def echo(echo_channel: grpc.aio.Channel) -> EchoStub:
+    return EchoStub(echo_channel)
+
+
+async def status_of(call: Any) -> grpc.aio.AioRpcError:
+    """Await a call that must fail and return its error."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll an async check until it returns true; fail after timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+def ts(rfc3339: str) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromJsonString(rfc3339)
+    return stamp
+
+
+# --- users: reads -----------------------------------------------------------------------
+
+
+async def test_get_seeded_user(users: UsersStub) -> None:
+    ada = await users.GetUser(users_pb2.GetUserRequest(id="1"))
+    assert (ada.name, ada.display_name, ada.role) == (
+        "users/1",
+        "Ada Lovelace",
+        users_pb2.ROLE_ADMIN,
+    )
+    assert ada.karma == 9007199254740993
+    assert ada.WhichOneof("contact") == "phone" and ada.phone == "+44 1"
+    assert ada.nickname.value == "ada" and ada.age.value == 36
+    assert ada.profile["verified"] is True and list(ada.profile["languages"]) == ["en", "fr"]
+    assert ada.avatar == b"\x89PNG\r\n" and ada.session_ttl.seconds == 3600
+    alan = await users.GetUser(users_pb2.GetUserRequest(id="2"))
+    assert alan.WhichOneof("contact") == "pager" and not alan.HasField("nickname")
+
+
+FILTERS = {
+    "none": (users_pb2.ListUsersRequest(), ["1", "2"]),
+    "role": (users_pb2.ListUsersRequest(role=users_pb2.ROLE_MEMBER), ["2"]),
+    "one tag": (users_pb2.ListUsersRequest(tags=["poetry"]), ["1"]),
+    "every tag": (users_pb2.ListUsersRequest(tags=["math", "computing"]), ["2"]),
+    "shared tag": (users_pb2.ListUsersRequest(tags=["math"]), ["1", "2"]),
+    "org": (users_pb2.ListUsersRequest(org="bletchley"), ["2"]),
+    "city": (users_pb2.ListUsersRequest(filter={"city": "London"}), ["1"]),
+    "created after": (
+        users_pb2.ListUsersRequest(filter={"created_after": ts("2024-03-01T00:00:00Z")}),
+        ["2"],
+    ),
+    "min karma": (users_pb2.ListUsersRequest(min_karma=100), ["1"]),
+    "no match": (users_pb2.ListUsersRequest(org="bletchley", role=users_pb2.ROLE_ADMIN), []),
+}
+
+
+@pytest.mark.parametrize(("request_", "ids"), FILTERS.values(), ids=FILTERS.keys())
+async def test_list_filters(
+    users: UsersStub, request_: users_pb2.ListUsersRequest, ids: list[str]
+) -> None:
+    page = await users.ListUsers(request_)
+    assert [u.id for u in page.users] == ids
+    assert page.total_size == len(ids) and page.next_page_token == ""
+
+
+async def test_list_pages_in_id_order(users: UsersStub) -> None:
+    for n in range(3, 12):
+        await users.CreateUser(users_pb2.CreateUserRequest(user={"display_name": f"u{n}"}))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await users.ListUsers(users_pb2.ListUsersRequest(page_size=4, page_token=token))
+        assert page.total_size == 11 and len(page.users) <= 4
+        seen += [u.id for u in page.users]
+        if not (token := page.next_page_token):
+            break
+    assert seen == [str(n) for n in range(1, 12)]  # numeric ids sort numerically
+
+
+@pytest.mark.parametrize(("asked", "used"), [(0, 10), (1, 1), (100, 100), (101, 100)])
+def test_page_size_default_and_cap(asked: int, used: int) -> None:
+    assert listing.page_size(users_pb2.ListUsersRequest(page_size=asked)) == used
+
+
+def test_page_token_round_trip() -> None:
+    token = listing.encode_page_token(40)
+    assert "=" not in token and listing.decode_page_token(token) == 40
+
+
+async def test_get_attachment_keeps_slashes(users: UsersStub) -> None:
+    att = await users.GetAttachment(users_pb2.GetAttachmentRequest(id="1", path="a/b/c.txt"))
+    assert att.path == "a/b/c.txt"
+    assert att.content == b"attachment a/b/c.txt of user 1" and att.size == len(att.content)
+
+
+# --- users: writes ----------------------------------------------------------------------
+
+
+async def test_create_with_chosen_and_generated_ids(users: UsersStub) -> None:
+    grace = await users.CreateUser(
+        users_pb2.CreateUserRequest(user={"display_name": "Grace"}, user_id="grace")
+    )
+    assert (grace.name, grace.id) == ("users/grace", "grace")
+    assert grace.create_time == grace.update_time and grace.create_time.seconds > 0
+    generated = await users.CreateUser(users_pb2.CreateUserRequest(user={"display_name": "X"}))
+    assert generated.id == "3" and generated.name == "users/3"
+    assert (await users.GetUser(users_pb2.GetUserRequest(id="grace"))).display_name == "Grace"
+
+
+async def test_create_validate_only_stores_nothing(users: UsersStub) -> None:
+    dry = await users.CreateUser(
+        users_pb2.CreateUserRequest(user={"display_name": "Dry"}, validate_only=True)
+    )
+    assert dry.id == "3"
+    assert (await users.ListUsers(users_pb2.ListUsersRequest())).total_size == 2
+    real = await users.CreateUser(users_pb2.CreateUserRequest(user={"display_name": "Wet"}))
+    assert real.id == "3"
+
+
+async def test_update_with_mask_touches_only_named_fields(
+    users: UsersStub,
+) -> None:
+    patch = users_pb2.User(name="users/2", display_name="Alan M. Turing", email="ignored@x")
+    mask = field_mask_pb2.FieldMask(paths=["display_name"])
+    updated = await users.UpdateUser(users_pb2.UpdateUserRequest(user=patch, update_mask=mask))
+    assert updated.display_name == "Alan M. Turing" and updated.email == "alan@example.com"
+    assert updated.update_time.ToNanoseconds() > updated.create_time.ToNanoseconds()
+    assert (await users.GetUser(users_pb2.GetUserRequest(id="2"))) == updated
+
+
+async def test_update_replaces_lists_and_oneofs(users: UsersStub) -> None:
+    patch = users_pb2.User(
+        name="users/2", tags=["crypto"], phone="+44 2", address={"city": "Wilmslow"}
+    )
+    mask = field_mask_pb2.FieldMask(paths=["tags", "phone", "pager", "address.city"])
+    updated = await users.UpdateUser(users_pb2.UpdateUserRequest(user=patch, update_mask=mask))
+    assert list(updated.tags) == ["crypto"]
+    assert updated.WhichOneof("contact") == "phone"
+    assert (updated.address.city, updated.address.country) == ("Wilmslow", "UK")
+    # lowerCamelCase paths (the JSON spelling) are accepted as well as proto names.
+    camel = field_mask_pb2.FieldMask(paths=["favoriteCategory"])
+    patch = users_pb2.User(name="users/2", favorite_category="codes")
+    updated = await users.UpdateUser(users_pb2.UpdateUserRequest(user=patch, update_mask=camel))
+    assert updated.favorite_category == "codes"
+
+
+async def test_update_without_mask_replaces_mutable_fields(
+    users: UsersStub,
+) -> None:
+    before = await users.GetUser(users_pb2.GetUserRequest(id="1"))
+    patch = users_pb2.User(name="users/1", id="999", display_name="Countess")
+    updated = await users.UpdateUser(users_pb2.UpdateUserRequest(user=patch))
+    assert (updated.id, updated.name, updated.display_name) == ("1", "users/1", "Countess")
+    assert updated.email == "" and updated.karma == 0 and not updated.HasField("profile")
+    assert updated.create_time == before.create_time
+
+
+async def test_delete(users: UsersStub) -> None:
+    assert await users.DeleteUser(users_pb2.DeleteUserRequest(id="2")) == empty_pb2.Empty()
+    err = await status_of(users.GetUser(users_pb2.GetUserRequest(id="2")))
+    assert err.code() == Code.NOT_FOUND
+
+
+async def test_ban(users: UsersStub) -> None:
+    banned = await users.BanUser(
+        users_pb2.BanUserRequest(id="2", reason="spam", duration={"seconds": 60})
+    )
+    assert banned.banned and banned.ban_reason == "spam"
+    assert (await users.GetUser(users_pb2.GetUserRequest(id="2"))).banned
+
+
+def _update(paths: list[str], **user: str) -> users_pb2.UpdateUserRequest:
+    return users_pb2.UpdateUserRequest(user=user, update_mask={"paths": paths})
+
+
+INVALID, NOT_FOUND = Code.INVALID_ARGUMENT, Code.NOT_FOUND
+USER_ERRORS: dict[str, tuple[str, Any, Code, str]] = {
+    "get missing": ("GetUser", users_pb2.GetUserRequest(id="x"), NOT_FOUND, "user 'x' not found"),
+    "negative page size": ("ListUsers", {"page_size": -1}, INVALID, "page_size"),
+    "garbage token": ("ListUsers", {"page_token": "not a token!"}, INVALID, "page_token"),
+    "non-numeric token": ("ListUsers", {"page_token": "bGVmdA"}, INVALID, "page_token"),
+    "no display name": ("CreateUser", {"user": {"email": "a@b"}}, INVALID, "display_name"),
+    "existing id": (
+        "CreateUser",
+        {"user": {"display_name": "A"}, "user_id": "1"},
+        Code.ALREADY_EXISTS,
+        "user '1' already exists",
+    ),
+    "slash in id": ("CreateUser", {"user": {"display_name": "A"}, "user_id": "a/b"}, INVALID, ""),
+    "unknown path": ("UpdateUser", _update(["nope"], name="users/2"), INVALID, "nope"),
+    "sub-path of scalar": ("UpdateUser", _update(["tags.x"], name="users/2"), INVALID, ""),
+    "output only": ("UpdateUser", _update(["create_time"], name="users/2"), INVALID, "output"),
+    "update missing": ("UpdateUser", _update([], name="users/9"), NOT_FOUND, ""),
+    "update no name": ("UpdateUser", _update([], display_name="x"), INVALID, "user.name"),
+    "delete missing": ("DeleteUser", {"id": "9"}, NOT_FOUND, "user '9' not found"),
+    "ban missing": ("BanUser", {"id": "9"}, NOT_FOUND, ""),
+    "attachment of nobody": ("GetAttachment", {"id": "9", "path": "a"}, NOT_FOUND, ""),
+}
+
+
+@pytest.mark.parametrize(("method", "request_", "code", "needle"), USER_ERRORS.values(), ids=USER_ERRORS.keys())
+async def test_user_errors(
+    users: UsersStub, method: str, request_: Any, code: Code, needle: str
+) -> None:
+    call = getattr(users, method)
+    if isinstance(request_, dict):  # kwargs of the method's request message
+        request_ = call._request_serializer.__self__(**request_)
+    err = await status_of(call(request_))
+    assert err.code() == code and needle in (err.details() or "")
+
+
+
+async def test_each_server_has_its_own_store(users: UsersStub) -> None:
+    await users.DeleteUser(users_pb2.DeleteUserRequest(id="1"))
+    server, port = await start_users(0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            other = users_pb2_grpc.UserServiceStub(channel)
+            assert (await other.GetUser(users_pb2.GetUserRequest(id="1"))).id == "1"
+    finally:
+        await server.stop(None)
+
+
+# --- echo -------------------------------------------------------------------------------
+
+
+async def test_echo_reflects_request_and_metadata(echo: EchoStub) -> None:
+    request = echo_pb2.EchoRequest(
+        message="hi",
+        payload=b"\x00\xff",
+        number=-(2**63),
+        big=2**64 - 1,
+        kinds=[echo_pb2.KIND_A, echo_pb2.KIND_B],
+        inner={"note": "outer", "child": {"note": "inner", "level": 2}},
+        named={"k": {"note": "v"}},
+        number_choice=7,
+    )
+    metadata = (("x-custom", "Value"), ("x-trace-bin", b"\x00\x01\x02"))
+    reply = await echo.Echo(request, metadata=metadata)
+    assert (reply.message, reply.payload) == ("hi", b"\x00\xff")
+    assert reply.request == request
+    assert reply.metadata["x-custom"] == "Value"
+    assert reply.metadata["x-trace-bin"] == base64.b64encode(b"\x00\x01\x02").decode()
+    assert "user-agent" in reply.metadata
+    assert reply.peer.startswith("ipv4:127.0.0.1:")
+    assert reply.deadline_remaining == 0  # no deadline was set
+
+
+async def test_echo_reports_deadline(echo: EchoStub) -> None:
+    reply = await echo.Echo(echo_pb2.EchoRequest(), timeout=5)
+    assert 3 < reply.deadline_remaining <= 5.5
+
+
+async def test_echo_sends_requested_headers_and_trailers(
+    echo: EchoStub,
+) -> None:
+    call = echo.Echo(
+        echo_pb2.EchoRequest(
+            response_headers={"x-h": "1", "x-raw-bin": base64.b64encode(b"\x01").decode()},
+            response_trailers={"x-t": "2"},
+        )
+    )
+    headers = await call.initial_metadata()
+    assert headers["x-h"] == "1" and headers["x-raw-bin"] == b"\x01"
+    await call
+    assert (await call.trailing_metadata())["x-t"] == "2"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"bad key": "v"}, {"grpc-status": "0"}, {"x-h": "line\r\nbreak"}, {"x-b-bin": "%%%"}],
+    ids=["space in key", "reserved key", "CR/LF in value", "bad base64"],
+)
+async def test_echo_rejects_unsendable_metadata(
+    echo: EchoStub, headers: dict[str, str]
+) -> None:
+    err = await status_of(echo.Echo(echo_pb2.EchoRequest(response_headers=headers)))
+    assert err.code() == Code.INVALID_ARGUMENT
+
+
+async def test_fail_with_code_and_default_message(echo: EchoStub) -> None:
+    err = await status_of(echo.Fail(echo_pb2.FailRequest(code=5)))
+    assert err.code() == Code.NOT_FOUND and err.details() == "failure 5 requested"
+    err = await status_of(echo.Fail(echo_pb2.FailRequest(code=14, message="down")))
+    assert err.code() == Code.UNAVAILABLE and err.details() == "down"
+    assert await echo.Fail(echo_pb2.FailRequest(code=0)) == empty_pb2.Empty()
+    err = await status_of(echo.Fail(echo_pb2.FailRequest(code=99)))
+    assert err.code() == Code.INVALID_ARGUMENT
+
+
+async def test_fail_with_rich_details(echo: EchoStub) -> None:
+    err = await status_of(echo.Fail(echo_pb2.FailRequest(code=3, with_details=True)))
+    raw = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(raw)
+    assert (status.code, status.message) == (3, "failure 3 requested")
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("code", "requested")
+    ]
+
+
+async def test_tick_streams_events(echo: EchoStub) -> None:
+    call = echo.Tick(echo_pb2.TickRequest(count=3, interval_ms=10, prefix="t", payload_size=5))
+    assert (await call.initial_metadata())["x-tick-stream"] == "started"
+    events = [event async for event in call]
+    assert [(e.seq, e.text) for e in events] == [(1, "t1"), (2, "t2"), (3, "t3")]
+    assert all(e.payload == b"xxxxx" and e.time.seconds > 0 for e in events)
+    assert await call.code() == Code.OK
+
+
+async def test_tick_fail_after(echo: EchoStub) -> None:
+    call = echo.Tick(echo_pb2.TickRequest(count=10, fail_after=2))
+    seqs = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for event in call:
+            seqs.append(event.seq)
+    assert seqs == [1, 2]
+    assert info.value.code() == Code.UNAVAILABLE and info.value.details() == "tick source failed"
+
+
+async def test_sum_client_stream(echo: EchoStub) -> None:
+    async def values() -> AsyncIterator[echo_pb2.SumRequest]:
+        for value in (1, 2, 3, 2**40):
+            yield echo_pb2.SumRequest(value=value)
+
+    reply = await echo.Sum(values())
+    assert (reply.total, reply.count) == (6 + 2**40, 4)
+    assert await echo.Sum(iter(())) == echo_pb2.SumResponse()
+
+
+async def test_chat_replies_to_each_message_at_once(echo: EchoStub) -> None:
+    call = echo.Chat()
+    for n, text in enumerate(["hello", "again"], start=1):
+        await call.write(echo_pb2.ChatMessage(user="ada", text=text))
+        # Read before writing the next one: a reply that waited for the half-close would hang.
+        reply = await asyncio.wait_for(call.read(), timeout=5)
+        assert (reply.user, reply.text, reply.seq) == ("echo", f"ada: {text}", n)
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+
+
+async def stats(echo: EchoStub) -> echo_pb2.Stats:
+    return await echo.GetStats(empty_pb2.Empty())
+
+
+async def test_stats_count_completed_calls(echo: EchoStub) -> None:
+    await echo.Echo(echo_pb2.EchoRequest())
+    await status_of(echo.Fail(echo_pb2.FailRequest(code=13)))
+    assert await stats(echo) == echo_pb2.Stats(started=2, completed=2)
+    await echo.ResetStats(empty_pb2.Empty())
+    assert await stats(echo) == echo_pb2.Stats()
+
+
+async def test_stats_count_client_cancel(echo: EchoStub) -> None:
+    call = echo.Echo(echo_pb2.EchoRequest(sleep_ms=5000))
+    await eventually(lambda: _active_is(echo, 1))
+    call.cancel()
+    await eventually(lambda: _cancelled_is(echo, 1))
+    final = await stats(echo)
+    assert (final.started, final.completed, final.active) == (1, 0, 0)
+    assert dict(final.cancelled_by_method) == {"Echo": 1}
+
+
+async def test_stats_count_deadline_as_cancel(echo: EchoStub) -> None:
+    err = await status_of(echo.Echo(echo_pb2.EchoRequest(sleep_ms=5000), timeout=0.2))
+    assert err.code() == Code.DEADLINE_EXCEEDED
+    await eventually(lambda: _cancelled_is(echo, 1))
+
+
+async def test_stats_count_cancelled_stream(echo: EchoStub) -> None:
+    call = echo.Tick(echo_pb2.TickRequest(count=0, interval_ms=20))
+    await call.read()
+    call.cancel()
+    await eventually(lambda: _cancelled_is(echo, 1))
+    assert dict((await stats(echo)).cancelled_by_method) == {"Tick": 1}
+
+
+async def _active_is(echo: EchoStub, n: int) -> bool:
+    return (await stats(echo)).active == n
+
+
+async def _cancelled_is(echo: EchoStub, n: int) -> bool:
+    return (await stats(echo)).cancelled == n
+
+
+# --- health and reflection --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "service"),
+    [(start_users, "demo.users.v1.UserService"), (start_echo, "demo.echo.v1.EchoService")],
+    ids=["users", "echo"],
+)
+async def test_health_serving(start: StartFn, service: str) -> None:
+    async with serving(start) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", service):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        err = await status_of(stub.Check(health_pb2.HealthCheckRequest(service="no.Such")))
+        assert err.code() == Code.NOT_FOUND
+
+
+async def test_reflection_lists_echo(echo_channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(echo_channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    reply = await call.read()
+    await call.done_writing()
+    names = {s.name for s in reply.list_services_response.service}
+    assert "demo.echo.v1.EchoService" in names and "grpc.health.v1.Health" in names
