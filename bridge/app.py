@@ -92,7 +92,16 @@ async def start(settings: Settings, host: str, port: int, registry: Registry | N
                 reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start serving on host:port (0 = any free port); returns the runner and the bound port."""
     app = await create_app(settings, registry)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # aiohttp refuses a header over 8 KiB with a plain-text 400 before any handler runs; let
+    # headers up to twice the metadata limit through so the bridge answers with a Status body.
+    field_size = max(16 * 1024, 2 * settings.limits.max_metadata)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        max_field_size=field_size,
+        max_line_size=field_size,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()

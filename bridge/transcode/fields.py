@@ -174,6 +174,49 @@ def _is_base64(text: str) -> bool:
     return _BASE64.fullmatch(text) is not None and len(text.rstrip("=")) % 4 != 1
 
 
+def reaches(message: Descriptor, test: Any, seen: set[str] | None = None) -> bool:
+    """Whether ``test(field)`` holds for some field reachable from ``message`` (types walked once)."""
+    seen = set() if seen is None else seen
+    if message.full_name in seen:
+        return False
+    seen.add(message.full_name)
+    for field in message.fields:
+        if test(field):
+            return True
+        if field.message_type is not None and reaches(field.message_type, test, seen):
+            return True
+    return False
+
+
+def holds_bytes(field: FieldDescriptor) -> bool:
+    nested = field.message_type
+    return field.type == FieldDescriptor.TYPE_BYTES or (
+        nested is not None and nested.full_name == "google.protobuf.BytesValue"
+    )
+
+
+def is_recursive(message: Descriptor) -> bool:
+    """Whether messages of this type can nest without bound (a cycle, or a Struct inside)."""
+    return _cycles(message, set(), set())
+
+
+def _cycles(message: Descriptor, path: set[str], acyclic: set[str]) -> bool:
+    name = message.full_name
+    if name in _OPAQUE or name in path:
+        return True
+    if name in acyclic:
+        return False
+    path.add(name)
+    found = any(
+        f.message_type is not None and _cycles(f.message_type, path, acyclic)
+        for f in message.fields
+    )
+    path.discard(name)
+    if not found:
+        acyclic.add(name)
+    return found
+
+
 def too_deep(message: Message, budget: int = MAX_WIRE_DEPTH) -> bool:
     """Whether submessages nest over ``budget`` levels deep, map entries counted as on the wire."""
     for field, value in message.ListFields():

@@ -29,8 +29,11 @@ from bridge.transcode.fields import (
     dotted_name,
     find_field,
     from_text,
+    holds_bytes,
     is_map,
+    is_recursive,
     is_wkt,
+    reaches,
     resolve,
     too_deep,
 )
@@ -49,6 +52,8 @@ class RequestPlan:
     discard_unknown: bool = False
     bound: frozenset[tuple[str, ...]] = frozenset()  # field paths the path or body already set
     infer_mask: bool = False  # PATCH with a body field: derive update_mask from the body's keys
+    check_bytes: bool = True  # some bytes field is reachable: check base64 ourselves
+    check_depth: bool = True  # the type can nest without bound: check the wire depth
     _query_fields: dict[str, FieldPath] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -91,6 +96,8 @@ class RequestPlan:
             discard_unknown,
             frozenset(bound),
             infer_mask,
+            reaches(descriptor, holds_bytes),
+            is_recursive(descriptor),
         )
 
     @property
@@ -151,11 +158,12 @@ class RequestPlan:
             raise invalid_argument(str(exc)) from None
         except RecursionError:
             raise invalid_argument("request JSON is nested too deeply") from None
-        try:
-            check_bytes(self.descriptor, data)
-        except FieldError as exc:
-            raise invalid_argument(str(exc)) from None
-        if too_deep(message):
+        if self.check_bytes:
+            try:
+                check_bytes(self.descriptor, data)
+            except FieldError as exc:
+                raise invalid_argument(str(exc)) from None
+        if self.check_depth and too_deep(message):
             raise invalid_argument(
                 f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)"
             )
