@@ -43,22 +43,34 @@ def request_metadata(
     metadata: Metadata = [(REQUEST_ID, request_id)]
     if peer:
         metadata.append((FORWARDED_FOR, peer))
-    size = sum(len(k) + len(v) for k, v in metadata)
     headers = list(headers)
     # Headers the client names in Connection are for this hop only (RFC 9110 7.6.1).
     hop_only = _connection_options(headers)
-    for name, value in headers:
-        if name.lower() in hop_only:
+    pairs = (
+        (_metadata_key(name.lower(), forward), value)
+        for name, value in headers
+        if name.lower() not in hop_only
+    )
+    return extend_metadata(metadata, pairs, max_bytes)
+
+
+def extend_metadata(
+    metadata: Metadata, pairs: Iterable[tuple[str | None, object]], max_bytes: int
+) -> Metadata:
+    """``metadata`` plus client-given entries, each checked; None keys are skipped."""
+    out = list(metadata)
+    size = sum(len(k) + len(v) for k, v in out)
+    for key, value in pairs:
+        if key is None or not _allowed(key):
             continue
-        key = _metadata_key(name.lower(), forward)
-        if key is None:
-            continue
+        if not isinstance(value, str):
+            raise invalid_argument(f"metadata '{key}' must be a string")
         converted = _metadata_value(key, value)
         size += len(key) + len(converted)
         if size > max_bytes:
             raise invalid_argument(f"request metadata exceeds {max_bytes} bytes in total")
-        metadata.append((key, converted))
-    return metadata
+        out.append((key, converted))
+    return out
 
 
 def _connection_options(headers: list[tuple[str, str]]) -> frozenset[str]:
@@ -79,9 +91,12 @@ def _metadata_key(name: str, forward: frozenset[str]) -> str | None:
         key = name
     else:
         return None
-    if key in _STRIPPED or key.startswith("grpc-") or not _KEY.match(key):
-        return None
     return key
+
+
+def _allowed(key: str) -> bool:
+    """Whether a client may set this metadata key (not reserved, not the bridge's own)."""
+    return key not in _STRIPPED and not key.startswith("grpc-") and _KEY.match(key) is not None
 
 
 def _metadata_value(key: str, value: str) -> str | bytes:
