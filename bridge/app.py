@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -15,8 +16,11 @@ from bridge.errors import BridgeError, error_response
 from bridge.http import RestGateway
 from bridge.registry import JsonShape, Registry, build_snapshot, load_includes
 from bridge.upstream.pool import Upstreams
+from bridge.ws import WebSocketGateway
 
 log = logging.getLogger("bridge")
+
+STATIC: Final = Path(__file__).resolve().parent / "static"
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 REGISTRY: Final = web.AppKey("registry", Registry)
@@ -49,9 +53,14 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
         forward_headers=frozenset(settings.forward_headers),
         max_metadata=settings.limits.max_metadata,
     )
+    sockets = WebSocketGateway(settings, registry, upstreams)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/ws", sockets.handle)
+    app.router.add_get("/demo", _demo)
+    app.router.add_static("/static", STATIC)
     app.router.add_route("*", "/{tail:.*}", _guarded(gateway.handle))
+    app.on_shutdown.append(lambda _: sockets.shutdown())
     app.on_cleanup.append(_close_upstreams)
     return app
 
@@ -69,6 +78,10 @@ def _guarded(handler):  # type: ignore[no-untyped-def]
             return error_response(BridgeError(errors.INTERNAL, "internal error in the bridge"))
 
     return guarded
+
+
+async def _demo(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "demo.html")
 
 
 async def _healthz(request: web.Request) -> web.Response:

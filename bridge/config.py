@@ -126,6 +126,7 @@ class Limits:
     ws_max_frame: int = 1024 * 1024
     ws_max_calls: int = 100
     max_metadata: int = 8 * 1024  # total bytes of request metadata
+    ws_heartbeat: float = 20.0  # seconds between WebSocket pings; no pong in half that closes
 
 
 @dataclass(frozen=True)
@@ -471,13 +472,23 @@ def _headers(ctx: _Context, value: Any) -> tuple[str, ...]:
 
 
 def _limits(ctx: _Context, value: Any) -> Limits:
-    data = _section(ctx, "limits", value, (*_LIMIT_SIZES, "ws_max_calls"))
+    data = _section(ctx, "limits", value, (*_LIMIT_SIZES, "ws_max_calls", "ws_heartbeat"))
     d = Limits()
     sizes = {
         n: _amount(ctx, f"limits.{n}", data.get(n), getattr(d, n), parse_size) for n in _LIMIT_SIZES
     }
     calls = _amount(ctx, "limits.ws_max_calls", data.get("ws_max_calls"), d.ws_max_calls, _count)
-    return Limits(ws_max_calls=calls, **sizes)
+    heartbeat = _amount(
+        ctx, "limits.ws_heartbeat", data.get("ws_heartbeat"), d.ws_heartbeat, _positive_duration
+    )
+    return Limits(ws_max_calls=calls, ws_heartbeat=heartbeat, **sizes)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be above zero")
+    return seconds
 
 
 def _json(ctx: _Context, value: Any) -> JsonOptions:

@@ -86,6 +86,8 @@ class Snapshot:
     methods: Mapping[str, Method]
     routes: RouteTable
     sets: tuple[ProtoSet, ...] = field(default=())
+    # Each method's whole-message binding (its default POST route): used by WebSocket calls.
+    bindings: Mapping[str, Binding] = field(default_factory=dict)
 
     def services(self, source: str | None = None) -> list[str]:
         return sorted({m.service for m in self.methods.values() if source in (None, m.source)})
@@ -133,7 +135,12 @@ def build_snapshot(
         table = RouteTable(routes)
     except RouteConflict as exc:
         raise SnapshotError(str(exc)) from None
-    return Snapshot(pool, MappingProxyType(methods), table, tuple(sets))
+    bindings = {r.owner: r.target for r in routes if r.template.source == _default_path(r.target.method)}
+    return Snapshot(pool, MappingProxyType(methods), table, tuple(sets), MappingProxyType(bindings))
+
+
+def _default_path(method: Method) -> str:
+    return f"/{method.service}/{method.name}"
 
 
 def _load_pool(sets: Iterable[ProtoSet]) -> descriptor_pool.DescriptorPool:
@@ -210,7 +217,7 @@ def _routes(
     pool: descriptor_pool.DescriptorPool,
     json: JsonShape,
 ) -> list[Route]:
-    routes = [_route(method, "POST", f"/{method.service}/{method.name}", "*", "", pool, json)]
+    routes = [_route(method, "POST", _default_path(method), "*", "", pool, json)]
     for rule in http_rules(proto):
         try:
             verb, path = rule_verb_path(rule)

@@ -1,0 +1,82 @@
+"""The WebSocket endpoint: GET /ws, the Origin guard, sessions, and their shutdown."""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from bridge import errors
+from bridge.config import Settings
+from bridge.errors import BridgeError, error_response
+from bridge.registry import Registry
+from bridge.upstream.metadata import REQUEST_ID, request_metadata
+from bridge.upstream.pool import Upstreams
+from bridge.ws.session import Session
+
+SUBPROTOCOL: Final = "bridge.v1"
+_GOING_AWAY: Final = 1001
+
+
+class WebSocketGateway:
+    """Accepts WebSocket upgrades and keeps the live sessions for a draining shutdown."""
+
+    def __init__(self, settings: Settings, registry: Registry, upstreams: Upstreams) -> None:
+        self.registry = registry
+        self.upstreams = upstreams
+        self.limits = settings.limits
+        self.forward = frozenset(settings.forward_headers)
+        self.origins = frozenset(o.lower() for o in settings.cors.allow_origins)
+        self.sessions: set[Session] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return error_response(refusal)
+        ws = web.WebSocketResponse(
+            protocols=(SUBPROTOCOL,),
+            max_msg_size=self.limits.ws_max_frame,
+            heartbeat=self.limits.ws_heartbeat,
+            compress=False,  # per-message deflate costs CPU per frame and hides backpressure
+        )
+        try:
+            base = request_metadata(
+                request.headers.items(), self.forward, peer=request.remote,
+                request_id="", max_bytes=self.limits.max_metadata,
+            )  # fmt: skip
+        except BridgeError as exc:
+            return error_response(exc)
+        await ws.prepare(request)
+        session = Session(
+            ws, self.registry, self.upstreams, [kv for kv in base if kv[0] != REQUEST_ID],
+            max_calls=self.limits.ws_max_calls, max_metadata=self.limits.max_metadata,
+        )  # fmt: skip
+        self.sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            self.sessions.discard(session)
+        return ws
+
+    def _refusal(self, request: web.Request) -> BridgeError | None:
+        if not web.WebSocketResponse(protocols=(SUBPROTOCOL,)).can_prepare(request).ok:
+            return BridgeError(errors.INVALID_ARGUMENT, "GET /ws expects a WebSocket upgrade")
+        origin = request.headers.get("Origin")
+        if origin is None or self._origin_allowed(origin, request.host):
+            return None
+        return BridgeError(errors.PERMISSION_DENIED, f"origin {origin!r} is not allowed", status=403)
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        """Allowed: a configured origin, ``*``, or the bridge's own origin (its pages)."""
+        origin = origin.lower()
+        if "*" in self.origins or origin in self.origins:
+            return True
+        return urlsplit(origin).netloc == host.lower()
+
+    async def shutdown(self) -> None:
+        """End every open call with UNAVAILABLE, then close each socket with 1001."""
+        going = BridgeError(errors.UNAVAILABLE, "the bridge is shutting down")
+        for session in list(self.sessions):
+            await session.stop_all(going)
+            await session.ws.close(code=_GOING_AWAY, message=b"bridge shutting down")

@@ -1,0 +1,175 @@
+"""One WebSocket connection: reads frames, starts and feeds calls, never blocks one on another."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from typing import Any, Final
+
+from aiohttp import WSMsgType, web
+
+from bridge import errors
+from bridge.errors import BridgeError
+from bridge.registry import Registry
+from bridge.upstream.metadata import REQUEST_ID, Metadata, extend_metadata
+from bridge.upstream.pool import Upstreams
+from bridge.ws import frames
+from bridge.ws.call import WsCall
+from bridge.ws.frames import CallId, Frame, FrameError
+
+# How long a closing socket waits for its calls to cancel their backend calls.
+_DRAIN_SECONDS: Final = 2.0
+
+
+class Session:
+    """The calls of one socket by id; each runs in its own task."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        registry: Registry,
+        upstreams: Upstreams,
+        base_metadata: Metadata,
+        *,
+        max_calls: int,
+        max_metadata: int,
+    ) -> None:
+        self.ws = ws
+        self.registry = registry
+        self.upstreams = upstreams
+        self.base_metadata = base_metadata
+        self.max_calls = max_calls
+        self.max_metadata = max_metadata
+        self.calls: dict[CallId, WsCall] = {}
+
+    async def serve(self) -> None:
+        """Read frames until the socket closes, then cancel whatever is still open."""
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self.send(frames.error(errors.INVALID_ARGUMENT, "frames must be JSON text"))
+        finally:
+            await self.stop_all(None)
+
+    async def stop_all(self, reason: BridgeError | None) -> None:
+        """End every open call (sending ``reason`` as its status unless None) and wait briefly."""
+        calls = list(self.calls.values())
+        for call in calls:
+            call.stop(reason)
+        tasks = [c.task for c in calls if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=_DRAIN_SECONDS)
+
+    async def send(self, text: str) -> None:
+        """Send a frame; waits while the client is not reading (backpressure)."""
+        if self.ws.closed:
+            return
+        try:
+            await self.ws.send_str(text)
+        except (ConnectionResetError, RuntimeError):
+            pass  # the socket closed under us; the read loop ends and cancels the calls
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            frame = frames.parse(text)
+        except FrameError as exc:
+            await self.send(frames.error(exc.code, exc.message))
+            return
+        call = self.calls.get(frame.id)
+        if frame.method is not None:
+            if call is not None:
+                await self._frame_error(f"call id {frame.id!r} is already open")
+            else:
+                await self._start(frame)
+            return
+        if call is None:
+            await self._frame_error(f"no open call with id {frame.id!r}")
+            return
+        await self._follow_up(call, frame)
+
+    async def _follow_up(self, call: WsCall, frame: Frame) -> None:
+        """Handle a message, half-close or cancel frame for an open call."""
+        if frame.cancel:
+            call.stop(BridgeError(errors.CANCELLED, "cancelled by the client"))
+            return
+        if not (frame.has_message or frame.end):
+            await self._frame_error(f"call {frame.id!r}: expected message, end or cancel")
+            return
+        if not call.takes_messages:
+            await self._frame_error(f"call {frame.id!r} ({call.method.kind}) takes no more messages")
+            return
+        try:
+            if frame.has_message:
+                call.feed(frame.message)
+        except BridgeError as exc:
+            call.stop(exc)
+            return
+        if frame.end:
+            call.half_close()
+
+    async def _start(self, frame: Frame) -> None:
+        try:
+            call, first = self._prepare(frame)
+        except BridgeError as exc:
+            await self.send(frames.status(frame.id, exc, None))
+            return
+        self.calls[frame.id] = call
+        call.task = asyncio.create_task(self._run(call, first))
+
+    async def _run(self, call: WsCall, first: Any) -> None:
+        try:
+            await call.run(first)
+        finally:
+            self.calls.pop(call.id, None)
+
+    def _prepare(self, frame: Frame) -> tuple[WsCall, Any]:
+        """Check a start frame and build its call; a BridgeError becomes the call's status."""
+        assert frame.method is not None
+        name = frame.method.removeprefix("/")
+        binding = self.registry.snapshot.bindings.get(name)
+        if binding is None:
+            raise BridgeError(errors.UNIMPLEMENTED, f"unknown method {name!r}")
+        if len(self.calls) >= self.max_calls:
+            raise BridgeError(
+                errors.RESOURCE_EXHAUSTED, f"more than {self.max_calls} open calls on this socket"
+            )
+        method = binding.method
+        upstream = self.upstreams[method.upstream]
+        call = WsCall(
+            frame.id,
+            binding,
+            upstream.stub(method),
+            self._metadata(frame.metadata),
+            _deadline(frame.timeout, upstream.timeout, method.server_streaming),
+            self.send,
+        )
+        first = None
+        if frame.has_message and frame.message is not None:
+            first = call.parse(frame.message)
+        elif not method.client_streaming:
+            raise errors.invalid_argument(f"{name} is {method.kind}: the start frame needs a message")
+        return call, first
+
+    def _metadata(self, given: Any) -> Metadata:
+        if given is not None and not isinstance(given, dict):
+            raise errors.invalid_argument("metadata must be a JSON object of strings")
+        base = [(REQUEST_ID, uuid.uuid4().hex), *self.base_metadata]
+        pairs = ((str(k).lower(), v) for k, v in (given or {}).items())
+        return extend_metadata(base, pairs, self.max_metadata)
+
+    async def _frame_error(self, message: str) -> None:
+        await self.send(frames.error(errors.INVALID_ARGUMENT, message))
+
+
+def _deadline(timeout: Any, cap: float, streaming: bool) -> float | None:
+    """The frame's timeout in seconds capped by the upstream's; streams get none by default."""
+    if timeout is None:
+        return None if streaming else cap
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise errors.invalid_argument("timeout must be a number of seconds")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise errors.invalid_argument("timeout must be a positive number of seconds")
+    return min(float(timeout), cap)
