@@ -57,7 +57,9 @@ class RestGateway:
             max_bytes=self.max_metadata,
         )
         upstream = self.upstreams[method.upstream]
-        timeout = self._deadline(request, upstream.timeout, method.server_streaming)
+        given = request.headers.get("grpc-timeout")
+        requested = None if given is None else parse_grpc_timeout(given)
+        timeout = calls.deadline(requested, upstream.timeout, method.server_streaming)
         stub = upstream.stub(method)
         body = await _read_body(request) if binding.request.body or method.client_streaming else b""
         pool = binding.request.pool
@@ -90,14 +92,6 @@ class RestGateway:
                 status=405,
             )
         raise BridgeError(errors.NOT_FOUND, f"no route for {request.method} {path}")
-
-    @staticmethod
-    def _deadline(request: web.Request, cap: float, streaming: bool) -> float | None:
-        """The client's grpc-timeout capped by the upstream's; streams get none by default."""
-        given = request.headers.get("grpc-timeout")
-        if given is not None:
-            return min(parse_grpc_timeout(given), cap)
-        return None if streaming else cap
 
 
 async def _read_body(request: web.Request) -> bytes:

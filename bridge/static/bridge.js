@@ -302,7 +302,7 @@ export class Bridge {
       this._reportError(Code.INTERNAL, "the bridge sent a frame that is not JSON");
       return;
     }
-    if (frame?.error !== undefined && frame.id === undefined) {
+    if (frame?.error !== undefined) {
       this._reportError(frame.error.code ?? Code.UNKNOWN, frame.error.message ?? "");
       return;
     }
@@ -342,6 +342,7 @@ class CallState {
     this.waiting = null; // { resolve } of a next() waiting for a message or the end
     this.ended = false; // end() was called
     this.result = null; // the final Status once known
+    this.cancelledHere = false; // cancel() ended it: iterators finish without an error
     this.receivedHeaders = null;
     this.headers = new Promise((resolve) => (this._resolveHeaders = resolve));
     this.status = new Promise((resolve) => (this._resolveStatus = resolve));
@@ -411,7 +412,7 @@ class CallState {
   }
 
   _settleEnd(resolve, reject) {
-    if (this.result.code === Code.OK || this.result.quiet) resolve({ value: undefined, done: true });
+    if (this.result.code === Code.OK || this.cancelledHere) resolve({ value: undefined, done: true });
     else reject(BridgeError.fromStatus(this.result));
   }
 
@@ -442,10 +443,8 @@ class CallState {
     if (this.done) return;
     this.bridge._send({ id: this.id, cancel: true });
     this.queue.length = 0;
-    const status = localStatus(code, message);
-    status.headers = this.receivedHeaders ?? {};
-    status.quiet = code === Code.CANCELLED;
-    this.finish(status);
+    this.cancelledHere = code === Code.CANCELLED;
+    this.finish({ ...localStatus(code, message), headers: this.receivedHeaders ?? {} });
   }
 }
 
@@ -520,8 +519,17 @@ export class ClientStream {
     this.headers = call.headers;
     /** @type {Promise<Status>} How the call ended; never rejects. */
     this.status = call.status;
-    /** @type {Promise<object>} The response; rejects with a {@link BridgeError}. */
-    this.response = this._response();
+    this._responsePromise = null;
+  }
+
+  /**
+   * The response, once the call ends; rejects with a {@link BridgeError}.
+   * (Made on first use, so a call nobody awaits leaves no unhandled rejection.)
+   * @type {Promise<object>}
+   */
+  get response() {
+    this._responsePromise ??= this._response();
+    return this._responsePromise;
   }
 
   async _response() {

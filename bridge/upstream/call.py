@@ -15,6 +15,13 @@ from bridge.transcode.response import error_from_status
 from bridge.upstream.metadata import Metadata, response_headers
 
 
+def deadline(requested: float | None, cap: float, streaming: bool) -> float | None:
+    """A call's timeout: the client's capped by the upstream's; streams get none by default."""
+    if requested is None:
+        return None if streaming else cap
+    return min(requested, cap)
+
+
 def rpc_error(exc: grpc.aio.AioRpcError, pool: DescriptorPool | None) -> BridgeError:
     """A backend failure as a BridgeError carrying its details and metadata headers."""
     trailing = exc.trailing_metadata()

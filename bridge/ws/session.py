@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 from bridge import errors
 from bridge.errors import BridgeError
 from bridge.registry import Registry
+from bridge.upstream.call import deadline
 from bridge.upstream.metadata import REQUEST_ID, Metadata, extend_metadata
 from bridge.upstream.pool import Upstreams
 from bridge.ws import frames
@@ -143,7 +144,7 @@ class Session:
             binding,
             upstream.stub(method),
             self._metadata(frame.metadata),
-            _deadline(frame.timeout, upstream.timeout, method.server_streaming),
+            deadline(_seconds(frame.timeout), upstream.timeout, method.server_streaming),
             self.send,
         )
         first = None
@@ -164,12 +165,12 @@ class Session:
         await self.send(frames.error(errors.INVALID_ARGUMENT, message))
 
 
-def _deadline(timeout: Any, cap: float, streaming: bool) -> float | None:
-    """The frame's timeout in seconds capped by the upstream's; streams get none by default."""
+def _seconds(timeout: Any) -> float | None:
+    """The start frame's ``timeout``: a positive number of seconds, or absent."""
     if timeout is None:
-        return None if streaming else cap
+        return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise errors.invalid_argument("timeout must be a number of seconds")
     if not math.isfinite(timeout) or timeout <= 0:
         raise errors.invalid_argument("timeout must be a positive number of seconds")
-    return min(float(timeout), cap)
+    return float(timeout)
