@@ -6,9 +6,14 @@ STAMP  := $(VENV)/.installed
 GEN    := services/_gen/.stamp
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: install run test bench lint clean
+.PHONY: install chromium run test bench lint clean
 
-install: $(STAMP) $(GEN)
+install: $(STAMP) $(GEN) chromium
+
+# Debian's headless Chromium for tests/test_browser.py (Playwright drives it; it never
+# downloads a browser). Needs root, as on CI.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

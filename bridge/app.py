@@ -13,8 +13,10 @@ from aiohttp import web
 from bridge import errors
 from bridge.config import Settings
 from bridge.errors import BridgeError, error_response
+from bridge.admin import AdminApi
 from bridge.http import RestGateway
 from bridge.registry import JsonShape, Registry, build_snapshot, load_includes
+from bridge.registry.registrar import Registrar
 from bridge.upstream.pool import Upstreams
 from bridge.ws import WebSocketGateway
 
@@ -25,6 +27,7 @@ STATIC: Final = Path(__file__).resolve().parent / "static"
 SETTINGS: Final = web.AppKey("settings", Settings)
 REGISTRY: Final = web.AppKey("registry", Registry)
 UPSTREAMS: Final = web.AppKey("upstreams", Upstreams)
+REGISTRAR: Final = web.AppKey("registrar", Registrar)
 
 
 def json_shape(settings: Settings) -> JsonShape:
@@ -54,6 +57,13 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
         max_metadata=settings.limits.max_metadata,
     )
     sockets = WebSocketGateway(settings, registry, upstreams)
+    registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0])
+    app[REGISTRAR] = registrar
+    app.on_startup.append(lambda _: registrar.restore())
+    if settings.admin_token:
+        AdminApi(settings.admin_token, registrar, settings.limits.admin_max_body).add_routes(
+            app.router
+        )
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/ws", sockets.handle)

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from bridge.admin_client import ClientError, add_commands
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.registry import CompileError, Registry, SnapshotError
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         return int(args.run(args) or 0)
-    except Fatal as exc:
+    except (Fatal, ClientError) as exc:
         print(f"bridge: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     openapi = commands.add_parser("openapi", help="print the OpenAPI 3.1 document of the routes")
     openapi.add_argument("--config", required=True)
     openapi.set_defaults(run=_openapi)
+    add_commands(commands)
     return parser
 
 

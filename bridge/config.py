@@ -39,7 +39,7 @@ _TOP_UNSUPPORTED: Final = frozenset(
 )
 _UPSTREAM_KEYS: Final = frozenset({"targets", "timeout", "tls", "reflection"})
 _UPSTREAM_UNSUPPORTED: Final = frozenset({"retries", "circuit_breaker", "health_check"})
-_LIMIT_SIZES: Final = ("max_body", "ws_max_frame", "max_metadata")
+_LIMIT_SIZES: Final = ("max_body", "ws_max_frame", "max_metadata", "admin_max_body")
 _JSON_FLAGS: Final = ("emit_unpopulated", "use_proto_names", "discard_unknown")
 _STORE_SCHEMES: Final = ("redis://", "rediss://")
 
@@ -126,6 +126,7 @@ class Limits:
     ws_max_frame: int = 1024 * 1024
     ws_max_calls: int = 100
     max_metadata: int = 8 * 1024  # total bytes of request metadata
+    admin_max_body: int = 16 * 1024 * 1024  # admin uploads (proto sources) may be larger
     ws_heartbeat: float = 20.0  # seconds between WebSocket pings; no pong in half that closes
 
 

@@ -39,6 +39,7 @@ UNKNOWN: Final = 2
 INVALID_ARGUMENT: Final = 3
 DEADLINE_EXCEEDED: Final = 4
 NOT_FOUND: Final = 5
+ALREADY_EXISTS: Final = 6
 PERMISSION_DENIED: Final = 7
 RESOURCE_EXHAUSTED: Final = 8
 FAILED_PRECONDITION: Final = 9
@@ -64,8 +65,10 @@ class BridgeError(Exception):
         *,
         headers: dict[str, str] | None = None,
         status: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
+        self.extra = extra or {}  # more top-level fields of the body, e.g. compile "errors"
         self.status = status or http_status(code)  # an explicit status only for HTTP-level errors
         self.code = code
         self.message = message
@@ -74,7 +77,7 @@ class BridgeError(Exception):
 
     def to_status(self) -> dict[str, Any]:
         """The google.rpc.Status JSON object of this error."""
-        return {"code": self.code, "message": self.message, "details": self.details}
+        return {"code": self.code, "message": self.message, "details": self.details, **self.extra}
 
 
 def invalid_argument(message: str) -> BridgeError:

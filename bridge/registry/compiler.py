@@ -50,14 +50,26 @@ class CompileError(Exception):
         super().__init__("; ".join(str(d) for d in self.diagnostics) or "protoc failed")
 
 
+BUNDLED_PACKAGES: Final = ("google/api", "google/rpc", "google/type")
+
+
 @cache
 def bundled_roots() -> tuple[Path, ...]:
-    """The include roots holding google/protobuf/* (grpcio-tools) and google/api, google/rpc."""
+    """The include roots holding google/protobuf/* (grpcio-tools) and google/api, rpc, type.
+
+    googleapis-common-protos installs its .proto files straight into site-packages, so the
+    compiler gets a folder of links to just those packages rather than all of site-packages.
+    """
     import google.api.annotations_pb2 as annotations
 
     protobuf_root = Path(str(resources.files("grpc_tools") / "_proto"))
-    googleapis_root = Path(annotations.__file__).resolve().parent.parent.parent
-    return (protobuf_root, googleapis_root)
+    site = Path(annotations.__file__).resolve().parent.parent.parent
+    curated = Path(tempfile.mkdtemp(prefix="bridge-googleapis-"))
+    (curated / "google").mkdir()
+    for package in BUNDLED_PACKAGES:
+        if (site / package).is_dir():
+            (curated / package).symlink_to(site / package, target_is_directory=True)
+    return (protobuf_root, curated)
 
 
 def parse_diagnostics(stderr: str) -> list[Diagnostic]:
@@ -76,6 +88,16 @@ def parse_diagnostics(stderr: str) -> list[Diagnostic]:
         else:
             found.append(Diagnostic("", 0, 0, line))
     return found
+
+
+def _relative(diagnostic: Diagnostic, roots: Sequence[Path]) -> Diagnostic:
+    """Name the file as the user did, relative to its root, not by protoc's disk path."""
+    for root in roots:
+        prefix = f"{root}/"
+        if diagnostic.file.startswith(prefix):
+            name = diagnostic.file[len(prefix) :]
+            return Diagnostic(name, diagnostic.line, diagnostic.column, diagnostic.message)
+    return diagnostic
 
 
 def _protoc_args(files: Sequence[str], roots: Sequence[Path], out: str) -> list[str]:
@@ -109,7 +131,7 @@ async def compile_protos(
         stdout, stderr = await proc.communicate()
         if proc.returncode != 0:
             text = (stderr or stdout).decode("utf-8", "replace")
-            raise CompileError(parse_diagnostics(text))
+            raise CompileError([_relative(d, roots) for d in parse_diagnostics(text)])
         data = await asyncio.to_thread(Path(out).read_bytes)
     return descriptor_pb2.FileDescriptorSet.FromString(data)
 

@@ -32,6 +32,10 @@ _VERBS: Final = ("get", "put", "post", "delete", "patch")
 class SnapshotError(Exception):
     """The protos cannot be served as they are: a bad rule, a collision, a missing upstream."""
 
+    def __init__(self, message: str, *, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict  # another proto set owns the service, route or file
+
 
 @dataclass(frozen=True, eq=False)
 class Method:
@@ -76,6 +80,7 @@ class ProtoSet:
     files: descriptor_pb2.FileDescriptorSet
     exposed: frozenset[str]
     upstream: str | None = None  # fixed upstream; None = by the config's `services` globs
+    weak: bool = False  # discovered (reflection): yields services and files others define
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +121,8 @@ def build_snapshot(
                 continue
             for service_proto in file_proto.service:
                 service = _qualified(file_proto.package, service_proto.name)
+                if proto_set.weak and any(m.service == service for m in methods.values()):
+                    continue
                 upstream = proto_set.upstream or resolve_upstream(service)
                 if upstream is None:
                     raise SnapshotError(
@@ -124,19 +131,25 @@ def build_snapshot(
                     )
                 for method_proto in service_proto.method:
                     method = _method(pool, service, method_proto, upstream, proto_set.name)
-                    if method.full_name in methods:
-                        other = methods[method.full_name].source
-                        raise SnapshotError(
-                            f"service {service} is defined by both '{other}' and '{proto_set.name}'"
-                        )
-                    methods[method.full_name] = method
+                    _add_method(methods, method)
                     routes.extend(_routes(method, method_proto, pool, json))
     try:
         table = RouteTable(routes)
     except RouteConflict as exc:
-        raise SnapshotError(str(exc)) from None
+        owners = f"'{exc.first.target.method.source}' and '{exc.second.target.method.source}'"
+        raise SnapshotError(f"{exc} (defined by {owners})", conflict=True) from None
     bindings = {r.owner: r.target for r in routes if r.template.source == _default_path(r.target.method)}
     return Snapshot(pool, MappingProxyType(methods), table, tuple(sets), MappingProxyType(bindings))
+
+
+def _add_method(methods: dict[str, Method], method: Method) -> None:
+    other = methods.get(method.full_name)
+    if other is not None:
+        raise SnapshotError(
+            f"service {method.service} is defined by both '{other.source}' and '{method.source}'",
+            conflict=True,
+        )
+    methods[method.full_name] = method
 
 
 def _default_path(method: Method) -> str:
@@ -151,9 +164,10 @@ def _load_pool(sets: Iterable[ProtoSet]) -> descriptor_pool.DescriptorPool:
             data = file_proto.SerializeToString(deterministic=True)
             previous = seen.get(file_proto.name)
             if previous is not None:
-                if _without_source_info(previous[0]) != _without_source_info(data):
+                if not proto_set.weak and _differ(previous[0], data):
                     raise SnapshotError(
-                        f"{file_proto.name} differs between '{previous[1]}' and '{proto_set.name}'"
+                        f"{file_proto.name} differs between '{previous[1]}' and '{proto_set.name}'",
+                        conflict=True,
                     )
                 continue
             seen[file_proto.name] = (data, proto_set.name)
@@ -162,6 +176,10 @@ def _load_pool(sets: Iterable[ProtoSet]) -> descriptor_pool.DescriptorPool:
             except (TypeError, ValueError) as exc:
                 raise SnapshotError(f"{file_proto.name}: {exc}") from None
     return pool
+
+
+def _differ(a: bytes, b: bytes) -> bool:
+    return a != b and _without_source_info(a) != _without_source_info(b)
 
 
 def _without_source_info(data: bytes) -> bytes:

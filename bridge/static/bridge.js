@@ -30,8 +30,9 @@
  * takes and returns them (int64 as strings, enums by name, bytes as base64).
  *
  * Failures are {@link BridgeError}s carrying the gRPC status: `.code` (a number, see
- * {@link Code}), `.details` and `.metadata` (the trailers). When the socket closes, every
- * call still open fails with UNAVAILABLE (14).
+ * {@link Code}), `.statusMessage`, `.details` (the status details, each an `Any` with
+ * `@type`) and `.metadata` (the trailers). When the socket closes, every call still open
+ * fails with UNAVAILABLE (14).
  *
  * Receiving side and backpressure: a browser WebSocket delivers frames as fast as they
  * arrive and offers no way to slow the sender down, so each call keeps its own queue of
@@ -80,36 +81,40 @@ export function codeName(code) {
 
 /**
  * A call that ended with a status other than OK, or a connection-level error.
- * The message reads like `NOT_FOUND: user "9" not found`.
+ * Its `message` reads like `NOT_FOUND: user "9" not found`.
  */
 export class BridgeError extends Error {
   /**
    * @param {number} code gRPC status code.
-   * @param {string} [details] The status message.
+   * @param {string} [statusMessage] The status message.
    * @param {object} [extra]
-   * @param {Array<object>} [extra.statusDetails] `google.rpc.Status.details` (Any, with `@type`).
+   * @param {Array<object>} [extra.details] `google.rpc.Status.details` (Any, with `@type`).
    * @param {Object<string,string>} [extra.metadata] The call's trailers.
    * @param {Object<string,string>} [extra.headers] The call's initial metadata, if any came.
    */
-  constructor(code, details = "", { statusDetails = [], metadata = {}, headers = {} } = {}) {
-    super(details ? `${codeName(code)}: ${details}` : codeName(code));
+  constructor(code, statusMessage = "", { details = [], metadata = {}, headers = {} } = {}) {
+    super(statusMessage ? `${codeName(code)}: ${statusMessage}` : codeName(code));
     this.name = "BridgeError";
-    /** @type {number} gRPC status code. */
+    /** @type {number} gRPC status code (see {@link Code}). */
     this.code = code;
     /** @type {string} The status message as the bridge sent it. */
+    this.statusMessage = statusMessage;
+    /** @type {Array<object>} The status details (`google.rpc.Status.details`, each with `@type`). */
     this.details = details;
-    /** @type {Array<object>} Error details (`google.rpc.Status.details`). */
-    this.statusDetails = statusDetails;
     /** @type {Object<string,string>} Trailing metadata. */
     this.metadata = metadata;
-    /** @type {Object<string,string>} Initial metadata. */
+    /** @type {Object<string,string>} Initial metadata ({} when none came). */
     this.headers = headers;
   }
 
-  /** @param {Status} status */
+  /**
+   * The error for a call's final status.
+   * @param {Status} status
+   * @returns {BridgeError}
+   */
   static fromStatus(status) {
     return new BridgeError(status.code, status.message, {
-      statusDetails: status.details,
+      details: status.details,
       metadata: status.trailers,
       headers: status.headers,
     });
@@ -436,14 +441,15 @@ class CallState {
   }
 
   /**
-   * Cancel on the bridge and finish here at once. A plain cancel() lets iterators end
-   * quietly; promises waiting for a response reject with the status.
+   * Cancel on the bridge and finish here at once. A plain cancel() drops what is queued and
+   * lets iterators end quietly (promises waiting for a response reject with CANCELLED); any
+   * other code keeps the queue readable and is thrown after it.
    */
   cancel(code = Code.CANCELLED, message = "cancelled by the client") {
     if (this.done) return;
     this.bridge._send({ id: this.id, cancel: true });
-    this.queue.length = 0;
     this.cancelledHere = code === Code.CANCELLED;
+    if (this.cancelledHere) this.queue.length = 0;
     this.finish({ ...localStatus(code, message), headers: this.receivedHeaders ?? {} });
   }
 }

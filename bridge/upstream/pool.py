@@ -92,10 +92,35 @@ def _make_stub(channel: grpc.aio.Channel, method: Any) -> Callable[..., Any]:
 
 
 class Upstreams(Mapping[str, Upstream]):
-    """Every configured upstream by name; opened at start-up, closed at shutdown."""
+    """Every upstream by name: the configured ones, and those that registrations bring."""
 
     def __init__(self, settings: Iterable[UpstreamSettings]) -> None:
         self._by_name = {s.name: Upstream(s) for s in settings}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def replace(self, settings: UpstreamSettings) -> Upstream:
+        """Add or replace an upstream; a replaced one closes once its calls had time to end."""
+        old = self._by_name.get(settings.name)
+        if old is not None and old.settings == settings:
+            return old
+        self._by_name[settings.name] = upstream = Upstream(settings)
+        if old is not None:
+            self._retire(old)
+        return upstream
+
+    def discard(self, name: str) -> None:
+        old = self._by_name.pop(name, None)
+        if old is not None:
+            self._retire(old)
+
+    def _retire(self, upstream: Upstream) -> None:
+        async def close_later() -> None:
+            await asyncio.sleep(upstream.timeout + 1)
+            await upstream.close()
+
+        task = asyncio.create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def __getitem__(self, name: str) -> Upstream:
         return self._by_name[name]
@@ -113,4 +138,6 @@ class Upstreams(Mapping[str, Upstream]):
         return dict(zip(names, checks, strict=True))
 
     async def close(self) -> None:
+        for task in self._retiring:
+            task.cancel()
         await asyncio.gather(*(u.close() for u in self._by_name.values()))

@@ -114,6 +114,7 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
             await context.write(
                 echo_pb2.TickEvent(seq=seq, text=text, time=_now(), payload=payload)
             )
+            self.stats.ticks_sent += 1  # write returned: gRPC flow control let the event out
             if request.fail_after and seq >= request.fail_after:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "tick source failed")
 

@@ -23,7 +23,7 @@ class CallRecord:
 
 
 class CallStats:
-    """Started, completed, cancelled and active calls, with cancellations per method."""
+    """Started, completed, cancelled and active calls, cancellations per method, ticks sent."""
 
     def __init__(self) -> None:
         self.active = 0
@@ -35,6 +35,7 @@ class CallStats:
         self.completed = 0
         self.cancelled = 0
         self.cancelled_by_method: Counter[str] = Counter()
+        self.ticks_sent = 0
 
     def begin(self, method: str) -> CallRecord:
         """Count a call that starts now and return its record."""
@@ -70,6 +71,7 @@ class CallStats:
             cancelled=self.cancelled,
             active=self.active,
             cancelled_by_method=dict(self.cancelled_by_method),
+            ticks_sent=self.ticks_sent,
         )
 
 

@@ -1,0 +1,222 @@
+"""Run-time changes to what is served: registrations, removals, reflection refreshes.
+
+Every change builds a complete new Snapshot from the proto sets (config includes, then
+registrations, then reflection) and swaps the one reference in ``Registry``; requests that
+already took the old snapshot finish on it. A lock serializes the swaps, not the compiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bridge import errors
+from bridge.config import Settings, UpstreamSettings
+from bridge.errors import BridgeError
+from bridge.registry import Registry
+from bridge.registry.compiler import CompileError, compile_protos, find_proto_files
+from bridge.registry.reflection import ReflectionError, discover
+from bridge.registry.snapshot import JsonShape, ProtoSet, Snapshot, SnapshotError, build_snapshot
+from bridge.registry.store import NAME, FileStore, Registration
+from bridge.upstream.pool import Upstreams
+
+log = logging.getLogger("bridge.registry")
+
+_RESERVED: Final = ("google/protobuf/", "google/api/", "google/rpc/", "google/type/")
+_MAX_FILES: Final = 500
+_TARGET: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$|^unix:/\S+$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    registration: Registration
+    protos: ProtoSet
+
+
+class Registrar:
+    """Applies registrations to the live registry and keeps the store in step."""
+
+    def __init__(
+        self, settings: Settings, registry: Registry, upstreams: Upstreams, include: ProtoSet
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.upstreams = upstreams
+        self.include = include
+        self.store = FileStore(settings.protos_store)
+        self.entries: dict[str, Entry] = {}
+        self.reflected: dict[str, ProtoSet] = {}
+        self._lock = asyncio.Lock()
+        self._json = JsonShape(
+            settings.json.emit_unpopulated,
+            settings.json.use_proto_names,
+            settings.json.discard_unknown,
+        )
+
+    async def restore(self) -> None:
+        """Bring back stored registrations and reflected upstreams; bad ones are logged and skipped."""
+        for registration in await asyncio.to_thread(self.store.load):
+            try:
+                await self.register(registration, persist=False)
+            except BridgeError as exc:
+                log.error("protos.store: skipping registration '%s': %s", registration.name, exc.message)
+        for name, upstream in self.settings.upstreams.items():
+            if upstream.reflection:
+                try:
+                    await self.refresh(name)
+                except BridgeError as exc:
+                    log.warning("reflection of upstream '%s' failed: %s", name, exc.message)
+
+    async def register(self, registration: Registration, *, persist: bool = True) -> tuple[bool, Snapshot]:
+        """Compile and serve a registration; returns (replaced, snapshot). BridgeError if refused."""
+        _check_registration(registration)
+        upstream = self._upstream_name(registration)
+        protos = await self._compile(registration, upstream)
+        async with self._lock:
+            previous = self.entries.get(registration.name)
+            entries = {**self.entries, registration.name: Entry(registration, protos)}
+            snapshot = self._build(entries, self.reflected)
+            if registration.targets:
+                self.upstreams.replace(_owned_upstream(registration, upstream))
+            elif previous is not None and previous.registration.targets:
+                self.upstreams.discard(f"registration:{registration.name}")
+            if persist:
+                await asyncio.to_thread(self.store.save, registration)
+            self.entries = entries
+            self.registry.snapshot = snapshot
+        return previous is not None, snapshot
+
+    async def remove(self, name: str) -> None:
+        async with self._lock:
+            entry = self.entries.get(name)
+            if entry is None:
+                raise BridgeError(errors.NOT_FOUND, f"no registration named '{name}'")
+            entries = {k: v for k, v in self.entries.items() if k != name}
+            snapshot = self._build(entries, self.reflected)
+            await asyncio.to_thread(self.store.delete, name)
+            self.entries = entries
+            self.registry.snapshot = snapshot
+            if entry.registration.targets:
+                self.upstreams.discard(entry.protos.upstream or "")
+
+    async def refresh(self, upstream: str) -> ProtoSet:
+        """Ask an upstream for its services again through server reflection."""
+        settings = self.settings.upstreams.get(upstream)
+        if settings is None:
+            raise BridgeError(errors.NOT_FOUND, f"no upstream named '{upstream}'")
+        if not settings.reflection:
+            raise errors.invalid_argument(f"upstream '{upstream}' does not enable reflection")
+        try:
+            protos = await discover(self.upstreams[upstream].channels[0], upstream)
+        except ReflectionError as exc:
+            raise BridgeError(errors.UNAVAILABLE, f"reflection of '{upstream}' failed: {exc}") from None
+        async with self._lock:
+            reflected = {**self.reflected, upstream: protos}
+            self.registry.snapshot = self._build(self.entries, reflected)
+            self.reflected = reflected
+        return protos
+
+    def _build(self, entries: Mapping[str, Entry], reflected: Mapping[str, ProtoSet]) -> Snapshot:
+        sets = [self.include, *(e.protos for e in entries.values()), *reflected.values()]
+        try:
+            return build_snapshot(sets, self.settings.upstream_for, self._json)
+        except SnapshotError as exc:
+            code = errors.ALREADY_EXISTS if exc.conflict else errors.INVALID_ARGUMENT
+            raise BridgeError(code, str(exc)) from None
+
+    def _upstream_name(self, registration: Registration) -> str:
+        if registration.upstream:
+            if registration.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.settings.upstreams)) or "none"
+                raise errors.invalid_argument(
+                    f"upstream '{registration.upstream}' is not configured (known: {known})"
+                )
+            return registration.upstream
+        return f"registration:{registration.name}"
+
+    async def _compile(self, registration: Registration, upstream: str) -> ProtoSet:
+        """Compile the uploaded files against includes and the other registrations' sources."""
+        with tempfile.TemporaryDirectory(prefix="bridge-upload-") as tmp:
+            upload, others = Path(tmp) / "upload", Path(tmp) / "others"
+            others_files = {
+                name: text
+                for entry in self.entries.values() if entry.registration.name != registration.name
+                for name, text in entry.registration.files.items()
+            }  # fmt: skip
+            await asyncio.to_thread(_write_tree, upload, registration.files)
+            await asyncio.to_thread(_write_tree, others, others_files)
+            roots = [upload, *self._include_roots(), others]
+            try:
+                files = await compile_protos(sorted(registration.files), roots)
+            except CompileError as exc:
+                raise BridgeError(
+                    errors.INVALID_ARGUMENT,
+                    f"{len(exc.diagnostics)} compile error(s), first: {exc.diagnostics[0]}",
+                    extra={"errors": [d.to_json() for d in exc.diagnostics]},
+                ) from None
+        return ProtoSet(registration.name, files, frozenset(registration.files), upstream)
+
+    def _include_roots(self) -> list[Path]:
+        return [find_proto_files(p)[0] for p in self.settings.protos_include if p.exists()]
+
+    def summary(self, name: str, snapshot: Snapshot) -> dict[str, Any]:
+        """The services, methods and routes a registration owns in a snapshot."""
+        methods = sorted(m.full_name for m in snapshot.methods.values() if m.source == name)
+        routes = [
+            {"method": r.owner, "verb": r.verb, "path": r.template.source}
+            for r in snapshot.routes.routes
+            if r.target.method.source == name
+        ]
+        return {"name": name, "services": snapshot.services(name), "methods": methods, "routes": routes}
+
+
+def _check_registration(registration: Registration) -> None:
+    """Refuse names and file names that could escape the upload or shadow bundled protos."""
+    if not NAME.match(registration.name):
+        raise errors.invalid_argument(
+            f"name '{registration.name}' must be 1-63 letters, digits, '.', '_' or '-'"
+        )
+    if not registration.files:
+        raise errors.invalid_argument("files: at least one .proto file is needed")
+    if len(registration.files) > _MAX_FILES:
+        raise errors.invalid_argument(f"files: at most {_MAX_FILES} files per registration")
+    for name in registration.files:
+        problem = _file_name_problem(name)
+        if problem:
+            raise errors.invalid_argument(f"files: '{name}' {problem}")
+    if bool(registration.upstream) == bool(registration.targets):
+        raise errors.invalid_argument("give exactly one of 'upstream' or 'targets'")
+    for target in registration.targets:
+        if not _TARGET.match(target):
+            raise errors.invalid_argument(f"targets: '{target}' is not host:port")
+
+
+def _file_name_problem(name: str) -> str | None:
+    if not name.endswith(".proto"):
+        return "does not end in .proto"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "is absolute; use a path relative to the proto root"
+    parts = name.split("/")
+    if "\\" in name or any(p in ("", ".", "..") for p in parts):
+        return "may not contain '..', '.', empty segments or backslashes"
+    if name.startswith(_RESERVED):
+        return "would shadow a bundled google/* proto"
+    return None
+
+
+def _write_tree(root: Path, files: Mapping[str, str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _owned_upstream(registration: Registration, name: str) -> UpstreamSettings:
+    return UpstreamSettings(name=name, targets=registration.targets)

@@ -1,0 +1,107 @@
+"""Registrations on disk: one JSON file each, written atomically, read back at start."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+log = logging.getLogger("bridge.registry")
+
+NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a team uploaded: proto sources and where their services run."""
+
+    name: str
+    files: Mapping[str, str]  # proto file name (relative, with folders) -> source text
+    upstream: str | None = None  # a configured upstream, or
+    targets: tuple[str, ...] = ()  # targets of an upstream owned by this registration
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "files": dict(self.files)}
+        if self.upstream:
+            data["upstream"] = self.upstream
+        else:
+            data["targets"] = list(self.targets)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Registration:
+        """Rebuild a stored registration; ValueError when the entry is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError("not a registration object")
+        files = data.get("files")
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
+            raise ValueError("'files' must map file names to source text")
+        targets = data.get("targets") or []
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise ValueError("'targets' must be a list of host:port strings")
+        return cls(data["name"], files, data.get("upstream"), tuple(targets))
+
+
+class FileStore:
+    """A folder of ``<name>.json`` registrations; a write never leaves half a file."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def save(self, registration: Registration) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(registration.to_json(), indent=1).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._path(registration.name))  # atomic on POSIX
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_folder(self.folder)
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+        _fsync_folder(self.folder)
+
+    def load(self) -> list[Registration]:
+        """Every readable registration; a corrupt entry is logged and skipped."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                registration = Registration.from_json(json.loads(path.read_text()))
+                if registration.name != path.stem:
+                    raise ValueError(f"names '{registration.name}' but is stored as '{path.stem}'")
+            except (OSError, ValueError) as exc:
+                log.error("protos.store: skipping %s: %s", path, exc)
+                continue
+            found.append(registration)
+        return found
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,212 @@
+"""A test client for the bridge's WebSocket endpoint (SPEC section 4) and the echo backend's stats.
+
+A ``WsClient`` sorts the frames it receives by call id, so a test sends frames and collects one
+call's frames until its status. It reads in a background task, or only when asked (``reading``
+False), which is how a test plays a browser that stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import WSMsgType
+from google.protobuf import empty_pb2
+
+import services  # noqa: F401  (puts the generated code on sys.path)
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
+
+PROTOCOL: Final = "bridge.v1"
+ECHO: Final = "demo.echo.v1.EchoService/"
+WAIT: Final = 5.0  # the longest any single frame is waited for
+
+Frame = dict[str, Any]
+
+
+class WsClient:
+    """One /ws connection: frames out as dicts, frames in queued per call id."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._calls: defaultdict[Any, asyncio.Queue[Frame]] = defaultdict(asyncio.Queue)
+        self.errors: asyncio.Queue[Frame] = asyncio.Queue()
+        self.statuses: Counter[Any] = Counter()  # status frames seen per call id
+        self.close_code: int | None = None
+        self.ended = asyncio.Event()  # the bridge closed the socket (or it dropped)
+        self._reader: asyncio.Task[None] | None = None
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def send(self, frame: Frame | str) -> None:
+        await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def start(self, call_id: Any, method: str, message: Any = None, **extra: Any) -> None:
+        """A start frame; ``method`` without a service means EchoService's."""
+        frame: Frame = {"id": call_id, "method": method if "/" in method else ECHO + method}
+        if message is not None:
+            frame["message"] = message
+        await self.send({**frame, **extra})
+
+    async def call(self, call_id: Any, method: str, message: Any = None, **extra: Any) -> list[Frame]:
+        """Start a call and return its frames up to and including its status."""
+        await self.start(call_id, method, message, **extra)
+        return await self.until_status(call_id)
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def start_reading(self) -> None:
+        """Read in the background from now on (a browser that reads as fast as frames come)."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_all())
+
+    async def _read_all(self) -> None:
+        while not self.ended.is_set():
+            await self.read_one(None)
+
+    async def read_one(self, timeout: float | None = WAIT) -> None:
+        """Read and sort one frame from the socket (when not reading in the background)."""
+        try:
+            msg = await self.ws.receive(timeout)
+        except TimeoutError:
+            pytest.fail(f"nothing received within {timeout}s")
+        if msg.type == WSMsgType.TEXT:
+            frame = json.loads(msg.data)
+            if "id" not in frame:
+                self.errors.put_nowait(frame)
+                return
+            if "status" in frame:
+                self.statuses[frame["id"]] += 1
+            self._calls[frame["id"]].put_nowait(frame)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            self.close_code = self.ws.close_code
+            self.ended.set()
+
+    async def next(self, call_id: Any, timeout: float = WAIT) -> Frame:
+        """The next frame of a call; reads the socket itself unless a reader task runs."""
+        queue = self._calls[call_id]
+        deadline = time.monotonic() + timeout
+        while self._reader is None and queue.empty():
+            assert not self.ended.is_set(), f"socket closed ({self.close_code}) before {call_id!r}"
+            await self.read_one(max(deadline - time.monotonic(), 0.01))
+        try:
+            return await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0.01))
+        except TimeoutError:
+            pytest.fail(f"call {call_id!r}: no frame within {timeout}s")
+
+    async def until_status(self, call_id: Any, timeout: float = WAIT) -> list[Frame]:
+        """A call's frames up to and including its status frame."""
+        deadline = time.monotonic() + timeout
+        frames = [await self.next(call_id, timeout)]
+        while "status" not in frames[-1]:
+            frames.append(await self.next(call_id, max(deadline - time.monotonic(), 0.01)))
+        return frames
+
+    async def error(self, timeout: float = WAIT) -> Frame:
+        """The next ``error`` frame (one tied to no call)."""
+        while self._reader is None and self.errors.empty():
+            await self.read_one(timeout)
+        try:
+            return (await asyncio.wait_for(self.errors.get(), timeout))["error"]
+        except TimeoutError:
+            pytest.fail(f"no error frame within {timeout}s")
+
+    async def closed(self, timeout: float = WAIT) -> int | None:
+        """Wait for the bridge to close the socket; returns the close code."""
+        if self._reader is None:
+            self.start_reading()
+        try:
+            await asyncio.wait_for(self.ended.wait(), timeout)
+        except TimeoutError:
+            pytest.fail(f"the bridge did not close the socket within {timeout}s")
+        return self.close_code
+
+    def pending(self, call_id: Any) -> int:
+        """Frames of a call received but not yet collected."""
+        return self._calls[call_id].qsize()
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self.ws.close()
+
+
+@asynccontextmanager
+async def connect(url: str, *, reading: bool = True, **kwargs: Any) -> AsyncIterator[WsClient]:
+    """A /ws connection on its own HTTP session; on exit, no call may have had two statuses."""
+    kwargs.setdefault("timeout", aiohttp.ClientWSTimeout(ws_close=2.0))
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url + "/ws", protocols=(PROTOCOL,), **kwargs)
+        client = WsClient(ws)
+        if reading:
+            client.start_reading()
+        try:
+            yield client
+            assert not [i for i, n in client.statuses.items() if n > 1], client.statuses
+        finally:
+            await client.stop()
+
+
+# --- reading frames --------------------------------------------------------------------------
+
+
+def messages(frames: list[Frame]) -> list[Any]:
+    return [f["message"] for f in frames if "message" in f]
+
+
+def status(frames: list[Frame]) -> dict[str, Any]:
+    """The status of a call's frames, which must end with exactly one status frame."""
+    assert "status" in frames[-1], frames[-1]
+    assert not [f for f in frames[:-1] if "status" in f], frames
+    return frames[-1]["status"]
+
+
+def seqs(frames: list[Frame]) -> list[int]:
+    return [int(m["seq"]) for m in messages(frames)]
+
+
+# --- the echo backend, seen directly over gRPC ----------------------------------------------
+
+
+class Backend:
+    """EchoService.GetStats called directly, not through the bridge."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = echo_pb2_grpc.EchoServiceStub(self.channel)
+
+    async def stats(self) -> echo_pb2.Stats:
+        return await self.stub.GetStats(empty_pb2.Empty(), timeout=2)
+
+    async def cancelled(self, method: str) -> int:
+        return (await self.stats()).cancelled_by_method[method]
+
+    async def started(self) -> int:
+        return (await self.stats()).started
+
+    async def sees_cancelled(self, method: str, count: int, within: float = 1.0) -> float:
+        """Wait until the backend has seen ``count`` cancelled calls of ``method``."""
+
+        async def seen() -> bool:
+            return await self.cancelled(method) >= count
+
+        return await wait_for(seen, within, f"the backend to see {count} {method} cancelled")
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll predicate every 20 ms until it holds; returns the seconds it took, fails after timeout."""
+    start = time.monotonic()
+    while True:
+        if await predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.02)
