@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import Final
 
@@ -15,7 +16,8 @@ from bridge.config import Settings
 from bridge.errors import BridgeError, error_response
 from bridge.admin import AdminApi
 from bridge.http import RestGateway
-from bridge.registry import JsonShape, Registry, build_snapshot, load_includes
+from bridge.openapi import openapi_document
+from bridge.registry import JsonShape, Registry, Snapshot, build_snapshot, load_includes
 from bridge.registry.registrar import Registrar
 from bridge.upstream.pool import Upstreams
 from bridge.ws import WebSocketGateway
@@ -68,6 +70,7 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/ws", sockets.handle)
     app.router.add_get("/demo", _demo)
+    app.router.add_get("/openapi.json", _openapi)
     app.router.add_static("/static", STATIC)
     app.router.add_route("*", "/{tail:.*}", _guarded(gateway.handle))
     app.on_shutdown.append(lambda _: sockets.shutdown())
@@ -88,6 +91,20 @@ def _guarded(handler):  # type: ignore[no-untyped-def]
             return error_response(BridgeError(errors.INTERNAL, "internal error in the bridge"))
 
     return guarded
+
+
+_DOCUMENTS: weakref.WeakKeyDictionary[Snapshot, bytes] = weakref.WeakKeyDictionary()
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of the live routes, built once per snapshot."""
+    snapshot = request.app[REGISTRY].snapshot
+    body = _DOCUMENTS.get(snapshot)
+    if body is None:
+        use_proto_names = request.app[SETTINGS].json.use_proto_names
+        body = json.dumps(openapi_document(snapshot, use_proto_names=use_proto_names)).encode()
+        _DOCUMENTS[snapshot] = body
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _demo(request: web.Request) -> web.FileResponse:

@@ -43,7 +43,10 @@ curl -N '{BRIDGE_URL}/v1/ticks?count=5&interval_ms=500'
 curl -N -H 'Accept: text/event-stream' '{BRIDGE_URL}/v1/ticks?count=5&interval_ms=500'
 # the default route, for any method
 curl -s -X POST {BRIDGE_URL}/demo.echo.v1.EchoService/Echo -H 'Content-Type: application/json' \\
-  -d '{{"message": "hello", "number": "9007199254740993"}}'"""
+  -d '{{"message": "hello", "number": "9007199254740993"}}'
+# every call kind over one WebSocket, in the browser: open {BRIDGE_URL}/demo
+# the OpenAPI document of every route
+curl -s {BRIDGE_URL}/openapi.json | head -c 300; echo"""
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Final
 
 import pytest
 
-from tests.ws_client import Backend, connect, messages, seqs, status
+from tests.ws_client import Backend, connect, messages, seqs, status, wait_for
 
 OK: Final = {"code": 0, "message": "", "details": []}
 BAD_REQUEST_DETAIL: Final = {
@@ -179,12 +179,24 @@ async def test_cancel_frame_cancels_the_backend(demo, backend):
         await backend.sees_cancelled("Tick", 1)
 
 
+async def test_cancel_right_after_start_still_ends_with_one_status(demo, backend):
+    """The cancel (or a bad follow-up) may arrive before the call's task has run at all."""
+    async with connect(demo.url) as ws:
+        for n in range(3):
+            await ws.start("quick", "Tick", STUCK)
+            await ws.send({"id": "quick", "cancel": True})
+            assert status(await ws.until_status("quick"))["code"] == 1, n  # and the id is free
+            await ws.start("bad", "Sum", {"value": "1"})
+            await ws.send({"id": "bad", "message": {"value": "many"}})
+            assert status(await ws.until_status("bad"))["code"] == 3, n
+        await backend.idle()
+
+
 async def test_closing_the_socket_cancels_every_call(demo, backend):
     async with connect(demo.url) as ws:
         await start_one_of_each(ws, backend)
         await ws.ws.close()
-        for method in ("Tick", "Echo", "Sum", "Chat"):
-            await backend.sees_cancelled(method, 1)
+        await backend_ends_one_of_each(backend)
 
 
 async def test_dropped_connection_cancels_every_call(demo, backend):
@@ -193,8 +205,7 @@ async def test_dropped_connection_cancels_every_call(demo, backend):
         await start_one_of_each(ws, backend)
         sock = ws.ws.get_extra_info("socket")
         sock.shutdown(socket.SHUT_RDWR)
-        for method in ("Tick", "Echo", "Sum", "Chat"):
-            await backend.sees_cancelled(method, 1)
+        await backend_ends_one_of_each(backend)
 
 
 async def start_one_of_each(ws, backend: Backend) -> None:
@@ -207,9 +218,15 @@ async def start_one_of_each(ws, backend: Backend) -> None:
     async def all_started() -> bool:
         return (await backend.stats()).active == 4
 
-    from tests.ws_client import wait_for
-
     await wait_for(all_started, 2.0, "four calls running at the backend")
+
+
+async def backend_ends_one_of_each(backend: Backend) -> None:
+    """Within a second of the socket going: the busy calls cancelled, the streams ended."""
+    start = time.monotonic()
+    await backend.sees_cancelled("Tick", 1)
+    await backend.sees_cancelled("Echo", 1)
+    await backend.idle(within=max(1.0 - (time.monotonic() - start), 0.05))
 
 
 async def test_exactly_one_status_per_call(demo):
@@ -313,7 +330,11 @@ async def test_wrong_follow_up_message_ends_that_call_only(demo, backend):
         await ws.send({"id": "sum", "message": {"value": "many"}})
         frames = await ws.until_status("sum")
         assert status(frames)["code"] == 3
-        await backend.sees_cancelled("Sum", 1)
+
+        async def sum_ended() -> bool:
+            return (await backend.stats()).active == 1  # only the chat
+
+        await wait_for(sum_ended, 1.0, "the backend to end the Sum call")
         await ws.send({"id": "chat", "message": {"user": "a", "text": "still here"}})
         await ws.send({"id": "chat", "end": True})
         frames = await ws.until_status("chat")

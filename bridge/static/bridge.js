@@ -158,7 +158,10 @@ function toWebSocketUrl(url) {
   return resolved.href;
 }
 
-/** A connection to the bridge; make one with {@link Bridge.connect}. */
+/**
+ * A connection to the bridge; make one with {@link Bridge.connect}. Calls on it are
+ * independent: each gets its own id (allocated here, 1, 2, 3, ...), queue and status.
+ */
 export class Bridge {
   /**
    * Open a WebSocket to the bridge and resolve once it is open.
@@ -220,11 +223,11 @@ export class Bridge {
   /**
    * Make a unary call.
    * @param {string} method `package.Service/Method`.
-   * @param {object} message The request.
+   * @param {object} [message] The request (default `{}`).
    * @param {CallOptions} [options]
    * @returns {Promise<object>} The response; rejects with a {@link BridgeError}.
    */
-  async unary(method, message, options = {}) {
+  async unary(method, message = {}, options = {}) {
     const call = this._start(method, message, options);
     const status = await call.status;
     if (status.code !== Code.OK) throw BridgeError.fromStatus(status);
@@ -236,11 +239,11 @@ export class Bridge {
   /**
    * Start a server-streaming call.
    * @param {string} method `package.Service/Method`.
-   * @param {object} message The request.
+   * @param {object} [message] The request (default `{}`).
    * @param {CallOptions} [options]
    * @returns {ResponseStream} Iterate it with `for await`.
    */
-  serverStream(method, message, options = {}) {
+  serverStream(method, message = {}, options = {}) {
     return new ResponseStream(this._start(method, message, options));
   }
 
@@ -265,11 +268,13 @@ export class Bridge {
   }
 
   /**
-   * Close the connection; open calls fail with UNAVAILABLE (the bridge cancels them).
-   * @param {number} [code]
+   * Close the connection. Open calls fail at once with UNAVAILABLE (the bridge cancels
+   * them on its side), and so does any call started afterwards.
+   * @param {number} [code] WebSocket close code.
    * @param {string} [reason]
    */
   close(code = 1000, reason = "") {
+    this._failAll(`closed by the client (close code ${code})`);
     this.socket.close(code, reason);
   }
 
@@ -308,7 +313,7 @@ export class Bridge {
       return;
     }
     if (frame?.error !== undefined) {
-      this._reportError(frame.error.code ?? Code.UNKNOWN, frame.error.message ?? "");
+      this._reportError(frame.error?.code ?? Code.UNKNOWN, frame.error?.message ?? "");
       return;
     }
     // Frames for a call this side already finished (e.g. cancelled) are dropped.
@@ -320,11 +325,16 @@ export class Bridge {
   }
 
   _onClose(event) {
-    this._closed = `close code ${event.code}${event.reason ? `: ${event.reason}` : ""}`;
+    this._failAll(`close code ${event.code}${event.reason ? `: ${event.reason}` : ""}`);
+    this.onclose?.(event);
+  }
+
+  /** Mark the connection closed and fail every open call with UNAVAILABLE. */
+  _failAll(why) {
+    this._closed ??= why;
     const status = localStatus(Code.UNAVAILABLE, `connection closed (${this._closed})`);
     for (const call of [...this._calls.values()]) call.finish(status);
     this._calls.clear();
-    this.onclose?.(event);
   }
 }
 
@@ -344,7 +354,7 @@ class CallState {
     this.maxBuffered = options.maxBuffered ?? Infinity;
     this.onheaders = options.onheaders;
     this.queue = [];
-    this.waiting = null; // { resolve } of a next() waiting for a message or the end
+    this.waiting = null; // { resolve, reject } of a next() waiting for a message or the end
     this.ended = false; // end() was called
     this.result = null; // the final Status once known
     this.cancelledHere = false; // cancel() ended it: iterators finish without an error

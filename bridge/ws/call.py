@@ -46,6 +46,7 @@ class WsCall:
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue(INBOX_SIZE)
         self._end: BridgeError | None = None  # why the call was stopped from outside
         self._silent = False  # the socket is gone: no status frame to send
+        self._running = False  # run() has begun, so cancelling its task reaches its handlers
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -81,29 +82,33 @@ class WsCall:
         if self._end is None and not self._silent:
             self._end = reason
             self._silent = reason is None
-        if self.task is not None:
+        # A task cancelled before its first step never runs its body: no status frame, and the
+        # session never frees the id. Such a call finds the stop when run() begins instead.
+        if self.task is not None and self._running:
             self.task.cancel()
 
     async def run(self, first: Message | None) -> None:
         """Make the call and send its frames; always ends with exactly one status frame."""
-        error: BridgeError | None = None
+        self._running = True
+        error: BridgeError | None = self._end  # stopped before it began: no backend call at all
         trailers: dict[str, str] | None = None
-        try:
-            trailers = await self._relay(first)
-        except BridgeError as exc:
-            error = exc
-        except grpc.aio.AioRpcError as exc:
-            error = error_from_status(
-                exc.code().value[0], exc.details() or "", exc.trailing_metadata(),
-                self.binding.request.pool,
-            )  # fmt: skip
-            trailers = metadata_dict(exc.trailing_metadata())
-        except asyncio.CancelledError:
-            if self._end is None:
-                if not self._silent:
-                    raise
-                return
-            error = self._end
+        if error is None and not self._silent:
+            try:
+                trailers = await self._relay(first)
+            except BridgeError as exc:
+                error = exc
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_status(
+                    exc.code().value[0], exc.details() or "", exc.trailing_metadata(),
+                    self.binding.request.pool,
+                )  # fmt: skip
+                trailers = metadata_dict(exc.trailing_metadata())
+            except asyncio.CancelledError:
+                if self._end is None:
+                    if not self._silent:
+                        raise
+                    return
+                error = self._end
         if not self._silent:
             await self._send(frames.status(self.id, error, trailers))
 
