@@ -29,10 +29,20 @@
  * Messages are plain objects in the proto3 JSON mapping, exactly as the bridge's HTTP API
  * takes and returns them (int64 as strings, enums by name, bytes as base64).
  *
+ * Every call takes {@link CallOptions}: `metadata`, `timeout` (in seconds, as on the wire),
+ * `signal` (an AbortSignal that cancels it), `onheaders`, `maxBuffered`. Each stream object
+ * also has `headers` (a promise of the initial metadata) and `status` (a promise of how it
+ * ended that never rejects).
+ *
  * Failures are {@link BridgeError}s carrying the gRPC status: `.code` (a number, see
  * {@link Code}), `.statusMessage`, `.details` (the status details, each an `Any` with
  * `@type`) and `.metadata` (the trailers). When the socket closes, every call still open
- * fails with UNAVAILABLE (14).
+ * fails with UNAVAILABLE (14). An `error` frame (something this side sent that the bridge
+ * could not tie to a call) goes to `bridge.onerror`; the connection stays open.
+ *
+ * Cancelling: `stream.cancel()`, leaving a `for await` loop early, or aborting `signal`
+ * sends `cancel` and ends the call here at once: iteration stops quietly, and a promise
+ * still waiting for a response rejects with CANCELLED (1).
  *
  * Receiving side and backpressure: a browser WebSocket delivers frames as fast as they
  * arrive and offers no way to slow the sender down, so each call keeps its own queue of

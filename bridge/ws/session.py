@@ -87,6 +87,10 @@ class Session:
                 await self._start(frame)
             return
         if call is None:
+            # A cancel or end may cross the call's status frame on the wire; like RST_STREAM
+            # on a closed HTTP/2 stream, it is ignored. A message for no call is an error.
+            if not frame.has_message and (frame.cancel or frame.end):
+                return
             await self._frame_error(f"no open call with id {frame.id!r}")
             return
         await self._follow_up(call, frame)
