@@ -41,7 +41,8 @@ class AdminApi:
 
     def _guarded(self, handler):  # type: ignore[no-untyped-def]
         async def guarded(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "").encode()
+            # aiohttp keeps bytes that are not UTF-8 as surrogates; they must refuse, not crash.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, self._token):
                 return error_response(BridgeError(
                     errors.UNAUTHENTICATED, "the admin API needs the admin bearer token",

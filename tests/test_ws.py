@@ -112,7 +112,8 @@ async def test_bidi_chat_answers_each_message_before_the_end(demo):
 
 
 async def test_start_frame_metadata_reaches_the_backend(demo):
-    metadata = {"x-custom": "v", "X-Mixed-Case": "m", "trace-bin": base64.b64encode(b"\0\1").decode()}
+    trace = base64.b64encode(b"\0\1").decode()
+    metadata = {"x-custom": "v", "X-Mixed-Case": "m", "trace-bin": trace}
     async with connect(demo.url) as ws:
         frames = await ws.call(1, "Echo", {}, metadata=metadata)
     assert status(frames) == OK

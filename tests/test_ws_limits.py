@@ -21,7 +21,7 @@ from bridge.app import json_shape, start
 from bridge.config import load_settings
 from bridge.registry import Registry, build_snapshot
 from tests.conftest import ROOT, demo_config
-from tests.ws_client import ECHO, Backend, connect, messages, seqs, status, wait_for
+from tests.ws_client import Backend, connect, messages, seqs, status, wait_for
 
 OK: Final = {"code": 0, "message": "", "details": []}
 STUCK: Final = {"count": 2, "intervalMs": 100000}  # one event at once, the next in 100 s
@@ -45,7 +45,9 @@ async def running(backend: Backend, count: int) -> None:
 # --- limits ------------------------------------------------------------------------------------
 
 
-async def test_frame_over_the_limit_closes_with_1009(start_bridge, users_server, echo_server, backend):
+async def test_frame_over_the_limit_closes_with_1009(
+    start_bridge, users_server, echo_server, backend
+):
     config = demo_config(users_server, echo_server, limits={"ws_max_frame": "4KiB"})
     bridge = await start_bridge(config)
     async with connect(bridge.url) as ws:
@@ -240,8 +242,8 @@ async def test_stalled_reader_holds_the_backend_back(tmp_path, users_server, ech
             assert time.monotonic() - start < 0.5
 
             growth = peak - baseline
-            print(f"\nstalled 40 MiB stream: bridge RSS +{growth / MiB:.1f} MiB, "
-                  f"backend sent {sent[-1]}/640 events ({sent[-1] * 64 / 1024:.1f} MiB)")  # fmt: skip
+            ahead = f"{sent[-1]}/640 events ({sent[-1] * 64 / 1024:.1f} MiB)"
+            print(f"\nstalled 40 MiB stream: bridge RSS +{growth / MiB:.1f} MiB, backend sent {ahead}")
             assert growth < 20 * MiB, f"bridge RSS grew {growth / MiB:.1f} MiB"
             assert sent[-1] < 640 // 2, f"the backend got {sent[-1]} of 640 events out"
             assert sent[-1] == sent[-11], f"the backend kept sending: {sent}"  # held, not slow

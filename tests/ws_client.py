@@ -19,10 +19,10 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import WSMsgType
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from google.protobuf import empty_pb2
 
 import services  # noqa: F401  (puts the generated code on sys.path)
-from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 PROTOCOL: Final = "bridge.v1"
 ECHO: Final = "demo.echo.v1.EchoService/"
@@ -57,7 +57,9 @@ class WsClient:
         self.starts[call_id] += 1
         await self.send({**frame, **extra})
 
-    async def call(self, call_id: Any, method: str, message: Any = None, **extra: Any) -> list[Frame]:
+    async def call(
+        self, call_id: Any, method: str, message: Any = None, **extra: Any
+    ) -> list[Frame]:
         """Start a call and return its frames up to and including its status."""
         await self.start(call_id, method, message, **extra)
         return await self.until_status(call_id)
@@ -214,7 +216,7 @@ class Backend:
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll predicate every 20 ms until it holds; returns the seconds it took, fails after timeout."""
+    """Poll every 20 ms until predicate holds; returns the seconds it took, fails after timeout."""
     start = time.monotonic()
     while True:
         if await predicate():
