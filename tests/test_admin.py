@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
@@ -105,14 +107,16 @@ async def test_a_header_that_is_not_utf8_is_refused_not_a_crash(start_bridge: St
     assert status_line.split()[1] == b"401", status_line
 
 
-async def test_admin_requests_have_their_own_body_limit(start_bridge: StartBridge, shop):
+async def test_admin_requests_have_their_own_body_limit(
+    start_bridge: StartBridge, shop, tmp_path: Path
+):
     padded = {**SHOP, "acme/shop/v1/types.proto": TYPES + "// " + "x" * 6000 + "\n"}
-    small_api = await start_bridge(admin_config(limits={"max_body": "1KiB"}))
+    small_api = await start_bridge(admin_config(tmp_path / "a", limits={"max_body": "1KiB"}))
     assert small_api.settings.limits.admin_max_body == 16 * 1024 * 1024  # the default
     status, reply = await register(small_api, "shop", padded, shop.target)
     assert status == 201, reply
 
-    small_admin = await start_bridge(admin_config(limits={"admin_max_body": "4KiB"}))
+    small_admin = await start_bridge(admin_config(tmp_path / "b", limits={"admin_max_body": "4KiB"}))
     status, reply = await register(small_admin, "shop", padded, shop.target)
     assert (status, reply["code"]) == (413, 8), reply
     assert await admin(small_admin, "GET", "/admin/protos") == (200, {"protos": []})
@@ -123,7 +127,9 @@ async def test_admin_requests_have_their_own_body_limit(start_bridge: StartBridg
 async def test_over_16mib_is_refused_by_default(start_bridge: StartBridge):
     bridge = await start_bridge(admin_config())
     huge = {"acme/big/v1/big.proto": 'syntax = "proto3";\n// ' + "x" * (16 * 1024 * 1024) + "\n"}
-    status, reply = await register(bridge, "big", huge, "127.0.0.1:1")
+    body = json.dumps({"name": "big", "files": huge, "targets": ["127.0.0.1:1"]}).encode()
+    status, reply, _ = await bridge.json("POST", "/admin/protos", data=io.BytesIO(body),
+                                         headers={**AUTH, "Content-Type": "application/json"})
     assert (status, reply["code"]) == (413, 8), reply
 
 
@@ -239,7 +245,9 @@ async def test_compile_errors_name_file_line_and_column(start_bridge: StartBridg
     status, reply = await register(bridge, "broken", files, "127.0.0.1:1")
     assert (status, reply["code"]) == (400, 3), reply
     located = [(e["file"], e["line"], e["column"], e["message"]) for e in reply["errors"]]
-    assert located == [("acme/broken/v1/thing.proto", *e) for e in expected]
+    importer = ("acme/broken/v1/api.proto", 3, 1,
+                'Import "acme/broken/v1/thing.proto" was not found or had errors.')
+    assert located == [*(("acme/broken/v1/thing.proto", *e) for e in expected), importer]
     assert "acme/broken/v1/thing.proto" in reply["message"]
     assert (await admin(bridge, "GET", "/admin/protos/broken"))[0] == 404
 
@@ -304,13 +312,13 @@ service {service} {{
 
 
 async def test_conflicts_are_409_naming_both_owners(start_bridge: StartBridge, echo_server):
-    bridge = await start_bridge(demo_config(echo_port=echo_server, admin={"token": TOKEN}))
+    bridge = await start_bridge(demo_config(1, echo_server, admin={"token": TOKEN}))
     a = {"acme/dup/v1/a.proto": dup_service("acme.dup.v1", "Dup", "A", "/v1/dup/{id}")}
     assert (await register(bridge, "team-a", a, "127.0.0.1:1"))[0] == 201
 
     clashes = {
         "same-service": {"acme/dup/v1/b.proto": dup_service("acme.dup.v1", "Dup", "B", "/v1/b/{id}")},
-        "same-route": {"acme/other/v1/c.proto": dup_service("acme.other.v1", "Other", "C", "/v1/dup/{x}")},
+        "same-route": {"acme/other/v1/c.proto": dup_service("acme.other.v1", "Other", "C", "/v1/dup/{id=*}")},
         "same-file": {"acme/dup/v1/a.proto": dup_service("acme.dup.v1", "Dup", "E", "/v1/e/{id}")},
     }  # fmt: skip
     for name, files in clashes.items():

@@ -5,7 +5,7 @@ call's frames until its status. It reads in a background task, or only when aske
 False), which is how a test plays a browser that stops reading.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (services before demo.*)
 
 import asyncio
 import json
@@ -19,10 +19,10 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import WSMsgType
-from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from google.protobuf import empty_pb2
 
-import services  # noqa: F401  (puts the generated code on sys.path)
+import services  # noqa: F401  (puts the generated code on sys.path, so before demo.*)
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 PROTOCOL: Final = "bridge.v1"
 ECHO: Final = "demo.echo.v1.EchoService/"

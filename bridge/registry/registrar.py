@@ -61,17 +61,28 @@ class Registrar:
 
     async def restore(self) -> None:
         """Bring back stored registrations and reflected upstreams; bad ones are logged and skipped."""
-        for registration in await asyncio.to_thread(self.store.load):
-            try:
-                await self.register(registration, persist=False)
-            except BridgeError as exc:
-                log.error("protos.store: skipping registration '%s': %s", registration.name, exc.message)
+        await self._restore_registrations(await asyncio.to_thread(self.store.load))
         for name, upstream in self.settings.upstreams.items():
             if upstream.reflection:
                 try:
                     await self.refresh(name)
                 except BridgeError as exc:
                     log.warning("reflection of upstream '%s' failed: %s", name, exc.message)
+
+    async def _restore_registrations(self, pending: list[Registration]) -> None:
+        """Register stored entries in passes: one may import a file that a later one uploaded."""
+        while pending:
+            failed: list[tuple[Registration, BridgeError]] = []
+            for registration in pending:
+                try:
+                    await self.register(registration, persist=False)
+                except BridgeError as exc:
+                    failed.append((registration, exc))
+            if len(failed) == len(pending):  # no progress: what is left cannot be restored
+                for registration, exc in failed:
+                    log.error("protos.store: skipping registration '%s': %s", registration.name, exc.message)
+                return
+            pending = [registration for registration, _ in failed]
 
     async def register(self, registration: Registration, *, persist: bool = True) -> tuple[bool, Snapshot]:
         """Compile and serve a registration; returns (replaced, snapshot). BridgeError if refused."""
@@ -202,6 +213,9 @@ def _file_name_problem(name: str) -> str | None:
         return "does not end in .proto"
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "is absolute; use a path relative to the proto root"
+    if name.startswith(("-", "@")):
+        # protoc would take it for an option, or '@FILE' for a file of options to read.
+        return "may not start with '-' or '@'"
     parts = name.split("/")
     if "\\" in name or any(p in ("", ".", "..") for p in parts):
         return "may not contain '..', '.', empty segments or backslashes"

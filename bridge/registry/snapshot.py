@@ -159,6 +159,7 @@ def _default_path(method: Method) -> str:
 def _load_pool(sets: Iterable[ProtoSet]) -> descriptor_pool.DescriptorPool:
     pool = descriptor_pool.DescriptorPool()
     seen: dict[str, tuple[bytes, str]] = {}
+    owners: dict[str, str] = {}  # top-level symbol -> the set whose file defined it
     for proto_set in sets:
         for file_proto in proto_set.files.file:
             data = file_proto.SerializeToString(deterministic=True)
@@ -170,12 +171,34 @@ def _load_pool(sets: Iterable[ProtoSet]) -> descriptor_pool.DescriptorPool:
                         conflict=True,
                     )
                 continue
+            # The pool would refuse a symbol defined twice without saying by whom: a conflict.
+            clash = next((s for s in _symbols(file_proto) if s in owners), None)
+            if clash is not None:
+                if proto_set.weak:
+                    continue
+                raise SnapshotError(
+                    f"{clash} is defined by both '{owners[clash]}' and '{proto_set.name}'",
+                    conflict=True,
+                )
+            owners.update(dict.fromkeys(_symbols(file_proto), proto_set.name))
             seen[file_proto.name] = (data, proto_set.name)
             try:
                 pool.AddSerializedFile(data)
             except (TypeError, ValueError) as exc:
                 raise SnapshotError(f"{file_proto.name}: {exc}") from None
     return pool
+
+
+def _symbols(file_proto: descriptor_pb2.FileDescriptorProto) -> list[str]:
+    """The names a file defines at package level (enum values live there too, as in C++)."""
+    names = [
+        *(m.name for m in file_proto.message_type),
+        *(e.name for e in file_proto.enum_type),
+        *(v.name for e in file_proto.enum_type for v in e.value),
+        *(s.name for s in file_proto.service),
+        *(x.name for x in file_proto.extension),
+    ]
+    return [_qualified(file_proto.package, name) for name in names]
 
 
 def _differ(a: bytes, b: bytes) -> bool:

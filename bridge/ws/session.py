@@ -123,6 +123,8 @@ class Session:
             return
         self.calls[frame.id] = call
         call.task = asyncio.create_task(self._run(call, first))
+        if frame.end and call.takes_messages:
+            call.half_close()  # a client stream sent whole in its start frame
 
     async def _run(self, call: WsCall, first: Any) -> None:
         try:
