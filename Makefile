@@ -8,7 +8,7 @@ PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
 .PHONY: install chromium run test bench lint clean
 
-install: $(STAMP) $(GEN) chromium
+install: $(STAMP) $(GEN)
 
 # Debian's headless Chromium for tests/test_browser.py (Playwright drives it; it never
 # downloads a browser). Needs root, as on CI.
@@ -29,7 +29,7 @@ $(GEN): $(STAMP) $(PROTOS)
 run: install
 	$(PY) -m services.run
 
-test: install
+test: install chromium
 	$(PY) -m pytest
 
 bench: install

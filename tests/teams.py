@@ -104,9 +104,10 @@ def _unary(pool: descriptor_pool.DescriptorPool, name: str, fn: Handler) -> grpc
         return json_format.ParseDict(await fn(message, context), response())
 
     return grpc.unary_unary_rpc_method_handler(
-        call, request_deserializer=request.FromString,
+        call,
+        request_deserializer=request.FromString,
         response_serializer=lambda m: m.SerializeToString(),
-    )  # fmt: skip
+    )
 
 
 def admin_config(store: Path | None = None, **extra: Any) -> dict[str, Any]:
@@ -130,9 +131,12 @@ async def admin(
 
 
 async def register(
-    bridge: Bridge, name: str, files: Mapping[str, str], target: str | None = None,
+    bridge: Bridge,
+    name: str,
+    files: Mapping[str, str],
+    target: str | None = None,
     upstream: str | None = None,
-) -> tuple[int, Any]:  # fmt: skip
+) -> tuple[int, Any]:
     body: dict[str, Any] = {"name": name, "files": dict(files)}
     if upstream:
         body["upstream"] = upstream

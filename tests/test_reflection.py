@@ -26,16 +26,19 @@ service Inventory {
 """
 
 # Deployed later: a new method on Inventory and a second service in another file.
-INVENTORY_V2: Final = INVENTORY_V1.replace("""\
+INVENTORY_V2: Final = INVENTORY_V1.replace(
+    """\
     option (google.api.http) = { get: "/v1/stock/{sku}" };
   }
-""", """\
+""",
+    """\
     option (google.api.http) = { get: "/v1/stock/{sku}" };
   }
   rpc Restock(StockRequest) returns (Stock) {
     option (google.api.http) = { post: "/v1/restock/{sku}" body: "*" };
   }
-""")
+""",
+)
 
 AUDIT: Final = """\
 syntax = "proto3";
@@ -72,8 +75,9 @@ def reflected(target: str) -> dict[str, Any]:
 
 
 async def test_the_echo_example_is_discovered_at_start(start_bridge: StartBridge, echo_server: int):
-    bridge = await start_bridge(admin_config(upstreams={
-        "echo": reflected(f"127.0.0.1:{echo_server}")}))  # fmt: skip
+    bridge = await start_bridge(
+        admin_config(upstreams={"echo": reflected(f"127.0.0.1:{echo_server}")})
+    )
     status, body, _ = await bridge.json("POST", "/v1/echo", json={"message": "hi"})
     assert (status, body["message"]) == (200, "hi"), body
     status, body, _ = await bridge.json("GET", "/v1/echo/hey")
@@ -83,8 +87,14 @@ async def test_the_echo_example_is_discovered_at_start(start_bridge: StartBridge
     services = {r["method"].split("/")[0] for r in table["routes"]}
     assert services == {"demo.echo.v1.EchoService"}  # not grpc.health / grpc.reflection
     assert {(r["source"], r["upstream"]) for r in table["routes"]} == {("reflection:echo", "echo")}
-    assert {"method": "demo.echo.v1.EchoService/Echo", "verb": "GET", "path": "/v1/echo/{message}",
-            "kind": "unary", "upstream": "echo", "source": "reflection:echo"} in table["routes"]
+    assert {
+        "method": "demo.echo.v1.EchoService/Echo",
+        "verb": "GET",
+        "path": "/v1/echo/{message}",
+        "kind": "unary",
+        "upstream": "echo",
+        "source": "reflection:echo",
+    } in table["routes"]
 
 
 async def test_reflection_alongside_the_same_included_protos(
@@ -96,7 +106,11 @@ async def test_reflection_alongside_the_same_included_protos(
     status, body, _ = await bridge.json("GET", "/v1/echo/both")
     assert (status, body["message"]) == (200, "both"), body
     status, body = await admin(bridge, "POST", "/admin/upstreams/echo/refresh")
-    assert (status, body) == (200, {"upstream": "echo", "services": []})  # include serves them
+    assert (status, body["upstream"]) == (200, "echo"), body
+    _, table = await admin(bridge, "GET", "/admin/routes")
+    echo = {r["source"] for r in table["routes"] if r["method"].startswith("demo.echo.")}
+    assert echo == {"include"}  # discovery yields to the protos the config names
+    assert (await bridge.json("GET", "/v1/echo/again"))[0] == 200
 
 
 async def test_refresh_discovers_what_the_upstream_serves_now(
@@ -107,15 +121,22 @@ async def test_refresh_discovers_what_the_upstream_serves_now(
     status, body, _ = await bridge.json("GET", "/v1/stock/apple")
     assert (status, body) == (200, {"sku": "apple", "count": 7})
 
-    await team.deploy({INVENTORY: INVENTORY_V2, "acme/inv/v1/audit.proto": AUDIT}, {
-        "acme.inv.v1.Inventory/GetStock": get_stock, "acme.inv.v1.Inventory/Restock": restock,
-        "acme.inv.v1.Audit/Last": get_stock})  # fmt: skip
+    await team.deploy(
+        {INVENTORY: INVENTORY_V2, "acme/inv/v1/audit.proto": AUDIT},
+        {
+            "acme.inv.v1.Inventory/GetStock": get_stock,
+            "acme.inv.v1.Inventory/Restock": restock,
+            "acme.inv.v1.Audit/Last": get_stock,
+        },
+    )
     status, body, _ = await bridge.json("POST", "/v1/restock/apple", json={"amount": 3})
     assert status == 404, "nothing changes before the refresh"
 
     status, body = await admin(bridge, "POST", "/admin/upstreams/inv/refresh")
-    assert (status, body) == (200, {"upstream": "inv",
-                                    "services": ["acme.inv.v1.Audit", "acme.inv.v1.Inventory"]})
+    assert (status, body) == (
+        200,
+        {"upstream": "inv", "services": ["acme.inv.v1.Audit", "acme.inv.v1.Inventory"]},
+    )
     status, body, _ = await bridge.json("POST", "/v1/restock/apple", json={"amount": 3})
     assert (status, body) == (200, {"sku": "apple", "count": 10})
     status, body, _ = await bridge.json("GET", "/v1/audit/pear")
@@ -134,10 +155,14 @@ async def test_refresh_errors(
     start_bridge: StartBridge, echo_server: int, caplog: pytest.LogCaptureFixture
 ):
     with caplog.at_level(logging.WARNING, logger="bridge.registry"):
-        bridge = await start_bridge(admin_config(upstreams={
-            "down": reflected("127.0.0.1:1"),
-            "plain": {"targets": [f"127.0.0.1:{echo_server}"]},
-        }))  # fmt: skip
+        bridge = await start_bridge(
+            admin_config(
+                upstreams={
+                    "down": reflected("127.0.0.1:1"),
+                    "plain": {"targets": [f"127.0.0.1:{echo_server}"]},
+                }
+            )
+        )
     assert "reflection of upstream 'down' failed" in caplog.text  # reported; the bridge serves
     assert (await bridge.json("GET", "/healthz"))[0] == 200
 

@@ -77,8 +77,9 @@ async def test_calls_in_flight_finish_on_their_snapshot_while_a_replacement_goes
         return {"pong": "v2"}
 
     # The backend already runs the new version (a superset of the old).
-    await team.deploy({SLOW_FILE: SLOW_V2}, {"acme.slow.v1.Slow/Wait": wait,
-                                             "acme.slow.v1.Slow/Ping": ping})  # fmt: skip
+    await team.deploy(
+        {SLOW_FILE: SLOW_V2}, {"acme.slow.v1.Slow/Wait": wait, "acme.slow.v1.Slow/Ping": ping}
+    )
     bridge = await start_bridge(admin_config())
     assert (await register(bridge, "slow", {SLOW_FILE: SLOW_V1}, team.target))[0] == 201
 
@@ -87,7 +88,9 @@ async def test_calls_in_flight_finish_on_their_snapshot_while_a_replacement_goes
     status, reply = await register(bridge, "slow", {SLOW_FILE: SLOW_V2}, team.target)
     assert status == 200, reply
     assert not in_flight.done(), "the replacement must not wait for calls in flight"
-    assert {"method": "acme.slow.v1.Slow/Ping", "verb": "GET", "path": "/v2/ping"} in reply["routes"]
+    assert {"method": "acme.slow.v1.Slow/Ping", "verb": "GET", "path": "/v2/ping"} in reply[
+        "routes"
+    ]
 
     status, body, _ = await bridge.json("GET", "/v2/ping")
     assert (status, body) == (200, {"pong": "v2"})
@@ -127,7 +130,9 @@ import "google/api/annotations.proto";
 message Req {{ string id = 1; }}
 message Rep {{ string id = 1; string team = 2; }}
 service Api {{
-  rpc Get(Req) returns (Rep) {{ option (google.api.http) = {{ get: "/{team_name}/items/{{id}}" }}; }}
+  rpc Get(Req) returns (Rep) {{
+    option (google.api.http) = {{ get: "/{team_name}/items/{{id}}" }};
+  }}
   rpc Put(Req) returns (Rep) {{
     option (google.api.http) = {{ put: "/{team_name}/items/{{id}}" body: "*" }};
   }}
@@ -136,9 +141,11 @@ service Api {{
 
 
 async def deploy_teams(
-    server: TeamServer, names: list[str], more_files: dict[str, str] | None = None,
+    server: TeamServer,
+    names: list[str],
+    more_files: dict[str, str] | None = None,
     more_handlers: dict[str, Any] | None = None,
-) -> dict[str, dict[str, str]]:  # fmt: skip
+) -> dict[str, dict[str, str]]:
     """Serve acme.<name>.v1.Api for every name (and more) from one server; return their files."""
     files = {name: {f"acme/{name}/v1/api.proto": item_service(name)} for name in names}
 
@@ -163,8 +170,15 @@ async def test_removal_takes_the_routes_away(
         assert (await register(bridge, name, files[name], team.target))[0] == 201
     assert (await bridge.json("GET", "/red/items/1"))[0] == 200
 
-    assert await admin(bridge, "DELETE", "/admin/protos/red") == (200, {"name": "red", "removed": True})
-    for verb, path in [("GET", "/red/items/1"), ("PUT", "/red/items/1"), ("POST", "/acme.red.v1.Api/Get")]:
+    assert await admin(bridge, "DELETE", "/admin/protos/red") == (
+        200,
+        {"name": "red", "removed": True},
+    )
+    for verb, path in [
+        ("GET", "/red/items/1"),
+        ("PUT", "/red/items/1"),
+        ("POST", "/acme.red.v1.Api/Get"),
+    ]:
         status, body, _ = await bridge.json(verb, path, json={})
         assert (status, body["code"]) == (404, 5), (verb, path, body)
     status, body, _ = await bridge.json("GET", "/blue/items/2")
@@ -221,14 +235,17 @@ async def test_registrations_persist_and_are_live_after_a_restart(
         return {"id": request.id, "balance": {"currency": "EUR", "units": "5"}}
 
     wallet_files = {"acme/money/v1/money.proto": MONEY, "acme/wallet/v1/wallet.proto": WALLET}
-    colors = await deploy_teams(team, ["green"], wallet_files,
-                                {"acme.wallet.v1.WalletService/GetWallet": get_wallet})
+    colors = await deploy_teams(
+        team, ["green"], wallet_files, {"acme.wallet.v1.WalletService/GetWallet": get_wallet}
+    )
     store = tmp_path / "store"
     config = admin_config(store, upstreams={"team": {"targets": [team.target]}})
 
     async with serving(config, tmp_path / "first.yaml") as bridge:
         # 'alpha' imports a file only 'zeta' uploaded: it must come back after it, not first.
-        assert (await register(bridge, "zeta", {"acme/money/v1/money.proto": MONEY}, team.target))[0] == 201
+        assert (await register(bridge, "zeta", {"acme/money/v1/money.proto": MONEY}, team.target))[
+            0
+        ] == 201
         alpha = {"acme/wallet/v1/wallet.proto": WALLET}
         assert (await register(bridge, "alpha", alpha, upstream="team"))[0] == 201
         assert (await register(bridge, "green", colors["green"], team.target))[0] == 201
@@ -240,14 +257,23 @@ async def test_registrations_persist_and_are_live_after_a_restart(
 
     (store / "broken.json").write_text('{"name": "broken", "files": {')
     (store / "wrong.json").write_text('{"name": "wrong", "files": ["not", "a", "map"]}')
-    (store / "bad-proto.json").write_text(json.dumps({
-        "name": "bad-proto", "targets": [team.target],
-        "files": {"acme/bad/v1/bad.proto": 'syntax = "proto3";\nmessage {\n'}}))  # fmt: skip
+    (store / "bad-proto.json").write_text(
+        json.dumps(
+            {
+                "name": "bad-proto",
+                "targets": [team.target],
+                "files": {"acme/bad/v1/bad.proto": 'syntax = "proto3";\nmessage {\n'},
+            }
+        )
+    )
 
     with caplog.at_level(logging.ERROR, logger="bridge.registry"):
         async with serving(config, tmp_path / "second.yaml") as bridge:
             status, body, _ = await bridge.json("GET", "/v1/wallets/w2")
-            assert (status, body) == (200, {"id": "w2", "balance": {"currency": "EUR", "units": "5"}})
+            assert (status, body) == (
+                200,
+                {"id": "w2", "balance": {"currency": "EUR", "units": "5"}},
+            )
             status, body, _ = await bridge.json("GET", "/green/items/g")
             assert (status, body) == (200, {"id": "g", "team": "green"})
             _, listing = await admin(bridge, "GET", "/admin/protos")
@@ -255,6 +281,29 @@ async def test_registrations_persist_and_are_live_after_a_restart(
     reported = "\n".join(r.getMessage() for r in caplog.records)
     for name in ("broken.json", "wrong.json", "bad-proto"):
         assert name in reported, reported
+
+
+async def test_a_file_that_others_import_is_not_taken_away(
+    start_bridge: StartBridge, tmp_path: Path
+):
+    bridge = await start_bridge(admin_config(tmp_path / "store"))
+    target = "127.0.0.1:1"
+    assert (await register(bridge, "money", {"acme/money/v1/money.proto": MONEY}, target))[0] == 201
+    wallet = {"acme/wallet/v1/wallet.proto": WALLET}
+    assert (await register(bridge, "wallet", wallet, target))[0] == 201
+
+    # The wallet's stored sources lack money.proto: without it, it would not survive a restart.
+    cash = {"acme/money/v1/cash.proto": MONEY.replace("Money", "Cash")}
+    for status, body in [
+        await admin(bridge, "DELETE", "/admin/protos/money"),
+        await register(bridge, "money", cash, target),
+    ]:
+        assert (status, body.get("code")) == (400, 9), body
+        assert "'wallet'" in body["message"] and "'money'" in body["message"], body
+    assert (await bridge.json("GET", "/v1/wallets/w"))[0] == 503  # still routed (no backend)
+
+    assert (await admin(bridge, "DELETE", "/admin/protos/wallet"))[0] == 200
+    assert (await admin(bridge, "DELETE", "/admin/protos/money"))[0] == 200
 
 
 def test_the_store_writes_then_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -290,7 +339,9 @@ async def test_twenty_racing_registrations_with_live_traffic(
 ):
     names = [f"t{i:02}" for i in range(20)]
     files = await deploy_teams(team, names)
-    config = demo_config(1, echo_server, admin={"token": TOKEN}, protos={"store": str(tmp_path / "s")})
+    config = demo_config(
+        1, echo_server, admin={"token": TOKEN}, protos={"store": str(tmp_path / "s")}
+    )
     config["protos"]["include"] = demo_config()["protos"]["include"]
     bridge = await start_bridge(config)
     done = asyncio.Event()

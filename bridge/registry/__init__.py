@@ -7,7 +7,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 from bridge.registry.compiler import CompileError, Diagnostic, compile_protos, find_proto_files
-from bridge.registry.snapshot import JsonShape, ProtoSet, Snapshot, SnapshotError, build_snapshot
+from bridge.registry.snapshot import INCLUDE, JsonShape, ProtoSet, Snapshot, SnapshotError, build_snapshot
 
 __all__ = [
     "CompileError",
@@ -39,6 +39,6 @@ async def load_includes(entries: tuple[Path, ...]) -> ProtoSet:
         roots.append(root)
         names.extend(found)
     if not names:
-        return ProtoSet("include", descriptor_pb2.FileDescriptorSet(), frozenset())
+        return ProtoSet(INCLUDE, descriptor_pb2.FileDescriptorSet(), frozenset())
     files = await compile_protos(names, roots)
-    return ProtoSet("include", files, frozenset(names))
+    return ProtoSet(INCLUDE, files, frozenset(names))

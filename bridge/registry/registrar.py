@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -22,7 +22,7 @@ from bridge.errors import BridgeError
 from bridge.registry import Registry
 from bridge.registry.compiler import CompileError, compile_protos, find_proto_files
 from bridge.registry.reflection import ReflectionError, discover
-from bridge.registry.snapshot import JsonShape, ProtoSet, Snapshot, SnapshotError, build_snapshot
+from bridge.registry.snapshot import INCLUDE, JsonShape, ProtoSet, Snapshot, SnapshotError, build_snapshot
 from bridge.registry.store import NAME, FileStore, Registration
 from bridge.upstream.pool import Upstreams
 
@@ -79,8 +79,9 @@ class Registrar:
                 except BridgeError as exc:
                     failed.append((registration, exc))
             if len(failed) == len(pending):  # no progress: what is left cannot be restored
-                for registration, exc in failed:
-                    log.error("protos.store: skipping registration '%s': %s", registration.name, exc.message)
+                for registration, error in failed:
+                    name = registration.name
+                    log.error("protos.store: skipping registration '%s': %s", name, error.message)
                 return
             pending = [registration for registration, _ in failed]
 
@@ -91,8 +92,9 @@ class Registrar:
         protos = await self._compile(registration, upstream)
         async with self._lock:
             previous = self.entries.get(registration.name)
+            self._check_importers(registration.name, registration.files)
             entries = {**self.entries, registration.name: Entry(registration, protos)}
-            snapshot = self._build(entries, self.reflected)
+            snapshot = await self._build(entries, self.reflected)
             if registration.targets:
                 self.upstreams.replace(_owned_upstream(registration, upstream))
             elif previous is not None and previous.registration.targets:
@@ -108,8 +110,9 @@ class Registrar:
             entry = self.entries.get(name)
             if entry is None:
                 raise BridgeError(errors.NOT_FOUND, f"no registration named '{name}'")
+            self._check_importers(name, ())
             entries = {k: v for k, v in self.entries.items() if k != name}
-            snapshot = self._build(entries, self.reflected)
+            snapshot = await self._build(entries, self.reflected)
             await asyncio.to_thread(self.store.delete, name)
             self.entries = entries
             self.registry.snapshot = snapshot
@@ -129,14 +132,34 @@ class Registrar:
             raise BridgeError(errors.UNAVAILABLE, f"reflection of '{upstream}' failed: {exc}") from None
         async with self._lock:
             reflected = {**self.reflected, upstream: protos}
-            self.registry.snapshot = self._build(self.entries, reflected)
+            self.registry.snapshot = await self._build(self.entries, reflected)
             self.reflected = reflected
         return protos
 
-    def _build(self, entries: Mapping[str, Entry], reflected: Mapping[str, ProtoSet]) -> Snapshot:
+    def _check_importers(self, name: str, kept: Collection[str]) -> None:
+        """Refuse to take away a file another registration imports from ``name``.
+
+        The importer's stored sources do not hold that file, so after a restart it could not
+        be compiled again: it would be lost.
+        """
+        entry = self.entries.get(name)
+        if entry is None:
+            return
+        provided = {f for n, e in self.entries.items() if n != name for f in e.registration.files}
+        dropped = set(entry.registration.files) - set(kept) - provided
+        for other, importer in sorted(self.entries.items()):
+            used = sorted(dropped & {f.name for f in importer.protos.files.file})
+            if other != name and used:
+                raise BridgeError(
+                    errors.FAILED_PRECONDITION,
+                    f"'{other}' imports {used[0]} from '{name}': change or remove '{other}' first",
+                )
+
+    async def _build(self, entries: Mapping[str, Entry], reflected: Mapping[str, ProtoSet]) -> Snapshot:
         sets = [self.include, *(e.protos for e in entries.values()), *reflected.values()]
         try:
-            return build_snapshot(sets, self.settings.upstream_for, self._json)
+            # In a thread: building a large snapshot is CPU work the event loop should not wait on.
+            return await asyncio.to_thread(build_snapshot, sets, self.settings.upstream_for, self._json)
         except SnapshotError as exc:
             code = errors.ALREADY_EXISTS if exc.conflict else errors.INVALID_ARGUMENT
             raise BridgeError(code, str(exc)) from None
@@ -193,6 +216,8 @@ def _check_registration(registration: Registration) -> None:
         raise errors.invalid_argument(
             f"name '{registration.name}' must be 1-63 letters, digits, '.', '_' or '-'"
         )
+    if registration.name == INCLUDE:
+        raise errors.invalid_argument(f"name '{INCLUDE}' is reserved for the config's protos")
     if not registration.files:
         raise errors.invalid_argument("files: at least one .proto file is needed")
     if len(registration.files) > _MAX_FILES:

@@ -26,6 +26,7 @@ KINDS: Final = {
     (True, False): "client_streaming",
     (True, True): "bidi_streaming",
 }
+INCLUDE: Final = "include"  # the proto set of the config's protos.include
 _VERBS: Final = ("get", "put", "post", "delete", "patch")
 
 
@@ -174,8 +175,6 @@ def _load_pool(sets: Iterable[ProtoSet]) -> descriptor_pool.DescriptorPool:
             # The pool would refuse a symbol defined twice without saying by whom: a conflict.
             clash = next((s for s in _symbols(file_proto) if s in owners), None)
             if clash is not None:
-                if proto_set.weak:
-                    continue
                 raise SnapshotError(
                     f"{clash} is defined by both '{owners[clash]}' and '{proto_set.name}'",
                     conflict=True,
