@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 GEN    := services/_gen/.stamp
-PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
+PROTOS := $(shell find protos bench/protos -name "*.proto" 2>/dev/null)
 
 .PHONY: install chromium run test bench lint clean
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -111,9 +112,17 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise Fatal("--workers: must be at least 1")
     _use_uvloop()
+    _raise_open_files_limit()
     if args.workers == 1:
         return asyncio.run(_serve_one(settings, host, port, reuse_port=False))
     return _serve_many(settings, host, port, args.workers)
+
+
+def _raise_open_files_limit() -> None:
+    """A gateway holds a socket per client and per backend: use all the descriptors allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _use_uvloop() -> None:

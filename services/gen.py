@@ -16,6 +16,9 @@ from services import GEN_DIR
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 PROTO_ROOT: Final = REPO_ROOT / "protos"
+# The benchmark backend's proto lives apart, so configs that include protos/ need no upstream
+# for it.
+BENCH_ROOT: Final = REPO_ROOT / "bench" / "protos"
 
 
 def include_dirs() -> list[Path]:
@@ -25,12 +28,12 @@ def include_dirs() -> list[Path]:
     wkt = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
     # annotations_pb2 lives at <root>/google/api/; its .proto sits beside it.
     googleapis = Path(annotations.__file__).resolve().parent.parent.parent
-    return [PROTO_ROOT, wkt, googleapis]
+    return [PROTO_ROOT, BENCH_ROOT, wkt, googleapis]
 
 
-def proto_files(root: Path = PROTO_ROOT) -> list[Path]:
-    """Return every .proto under root, relative to it (as protoc wants them), sorted."""
-    return sorted(p.relative_to(root) for p in root.rglob("*.proto"))
+def proto_files(roots: tuple[Path, ...] = (PROTO_ROOT, BENCH_ROOT)) -> list[Path]:
+    """Return every .proto under the roots, relative to its root (as protoc wants), sorted."""
+    return sorted(p.relative_to(root) for root in roots for p in root.rglob("*.proto"))
 
 
 def generate(out_dir: Path = GEN_DIR) -> int:

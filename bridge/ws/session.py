@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 from typing import Any, Final
 
 from aiohttp import WSMsgType, web
@@ -13,7 +12,7 @@ from bridge import errors
 from bridge.errors import BridgeError
 from bridge.registry import Registry
 from bridge.upstream.call import deadline
-from bridge.upstream.metadata import REQUEST_ID, Metadata, extend_metadata
+from bridge.upstream.metadata import REQUEST_ID, Metadata, extend_metadata, new_request_id
 from bridge.upstream.pool import Upstreams
 from bridge.ws import frames
 from bridge.ws.call import WsCall
@@ -163,7 +162,7 @@ class Session:
     def _metadata(self, given: Any) -> Metadata:
         if given is not None and not isinstance(given, dict):
             raise errors.invalid_argument("metadata must be a JSON object of strings")
-        base = [(REQUEST_ID, uuid.uuid4().hex), *self.base_metadata]
+        base = [(REQUEST_ID, new_request_id()), *self.base_metadata]
         pairs = ((str(k).lower(), v) for k, v in (given or {}).items())
         return extend_metadata(base, pairs, self.max_metadata)
 

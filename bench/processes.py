@@ -1,0 +1,235 @@
+"""The processes under test: the bench backend and the bridge, started, watched and stopped.
+
+Both run as subprocesses of the bench on free loopback ports. CPU time and RSS are read from
+/proc for a process and all its descendants, so ``bridge serve --workers N`` (one parent that
+forks N workers) is measured as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+BENCH_PROTO: Final = ROOT / "protos" / "demo" / "bench" / "v1" / "bench.proto"
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+READY_SECONDS: Final = 60.0
+STOP_SECONDS: Final = 10.0
+WS_MAX_CALLS: Final = 1000
+# Loopback only: never through an http_proxy from the environment.
+_NO_PROXY: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class BenchError(Exception):
+    """The bench cannot go on (a process did not start, a tool failed): one readable line."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of pid, from /proc/<pid>/task/*/children or a scan of /proc."""
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        found: list[int] = []
+        for task in task_dir.iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+    except FileNotFoundError:
+        return [p for p in _all_pids() if _ppid(p) == pid]
+    except OSError:
+        return []
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(_stat_fields(pid)[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its live descendants."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += _children(p)
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by pid and its live descendants."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = _stat_fields(p)
+        except OSError:
+            continue  # exited between the listing and the read
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS of pid and its live descendants, summed, in MiB (shared pages count per process)."""
+    kib = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    kib += int(line.split()[1])
+        except OSError:
+            continue
+    return kib / 1024
+
+
+def open_files_limit(pid: int) -> int | None:
+    """The soft 'Max open files' limit of a running process, or None when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@dataclass
+class Service:
+    """One started subprocess, the port it serves on and where its output goes."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        """Raise BenchError (with the end of its log) if the process has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise BenchError(f"{self.name} exited with code {code}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it is still running after STOP_SECONDS."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _spawn(name: str, args: list[str], log: Path, port: int) -> Service:
+    """Start ``python <args>`` in the repository root, output to log, in its own session.
+
+    Its own session: a Ctrl-C at the terminal reaches only the bench, which then stops the
+    services itself, in order.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    return Service(name, process, port, log)
+
+
+def start_backend(workdir: Path) -> Service:
+    """Start ``python -m services.bench`` on a free port; waits until it accepts connections."""
+    port = free_port()
+    service = _spawn("backend", ["-m", "services.bench", "--port", str(port)],
+                     workdir / "backend.log", port)  # fmt: skip
+    deadline = time.monotonic() + READY_SECONDS
+    while "listening on" not in service.log_tail():
+        service.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"the bench backend did not start:\n{service.log_tail()}")
+        time.sleep(0.05)
+    return service
+
+
+def write_bridge_config(workdir: Path, backend_port: int) -> Path:
+    """The bridge's YAML config: BenchService's proto, one upstream, room for many WS calls."""
+    path = workdir / "bridge.yaml"
+    path.write_text(
+        "protos:\n"
+        f"  include: [{BENCH_PROTO}]\n"
+        f"  store: {workdir / 'registry'}\n"
+        "upstreams:\n"
+        "  bench:\n"
+        f"    targets: [127.0.0.1:{backend_port}]\n"
+        "    tls: false\n"
+        "services:\n"
+        "  demo.bench.v1.*: bench\n"
+        "limits:\n"
+        f"  ws_max_calls: {WS_MAX_CALLS}\n"
+    )
+    return path
+
+
+def start_bridge(workdir: Path, backend_port: int, workers: int) -> Service:
+    """Start ``bridge serve`` on a free port and wait until every worker is ready."""
+    port = free_port()
+    config = write_bridge_config(workdir, backend_port)
+    args = ["-m", "bridge.cli", "serve", "--config", str(config),
+            "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]  # fmt: skip
+    service = _spawn("bridge", args, workdir / "bridge.log", port)
+    deadline = time.monotonic() + READY_SECONDS
+    while not (_listening(service) >= workers and _ready(port)):
+        service.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"the bridge did not become ready:\n{service.log_tail()}")
+        time.sleep(0.1)
+    return service
+
+
+def _listening(service: Service) -> int:
+    """How many bridge processes have logged that they listen."""
+    try:
+        return service.log.read_text(errors="replace").count("bridge listening on")
+    except OSError:
+        return 0
+
+
+def _ready(port: int) -> bool:
+    """True when the bridge's /readyz answers 200 (its upstream is SERVING)."""
+    try:
+        with _NO_PROXY.open(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,1 @@
+"""The trivial BenchService behind `make bench`."""
