@@ -76,7 +76,11 @@ class AdminApi:
         if entry is None:
             raise BridgeError(errors.NOT_FOUND, f"no registration named '{name}'")
         summary = self.registrar.summary(name, self.registrar.registry.snapshot)
-        return 200, {**summary, **_where(entry.registration), "files": dict(entry.registration.files)}
+        return 200, {
+            **summary,
+            **_where(entry.registration),
+            "files": dict(entry.registration.files),
+        }
 
     async def remove(self, request: web.Request) -> tuple[int, Any]:
         name = request.match_info["name"]

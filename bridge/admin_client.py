@@ -74,8 +74,10 @@ def _add(args: argparse.Namespace) -> int:
     else:
         body["targets"] = args.target
     status, reply = _call(args.admin, "POST", "/admin/protos", body)
-    print(f"{'replaced' if status == 200 else 'registered'} '{reply['name']}': "
-          f"{', '.join(reply['services']) or 'no services'}")
+    print(
+        f"{'replaced' if status == 200 else 'registered'} '{reply['name']}': "
+        f"{', '.join(reply['services']) or 'no services'}"
+    )
     for route in reply["routes"]:
         print(f"  {route['verb']:7} {route['path']}  ->  {route['method']}")
     return 0

@@ -7,14 +7,14 @@ import json
 import logging
 import weakref
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from aiohttp import web
 
 from bridge import errors
+from bridge.admin import AdminApi
 from bridge.config import Settings
 from bridge.errors import BridgeError, error_response
-from bridge.admin import AdminApi
 from bridge.http import RestGateway
 from bridge.openapi import openapi_document
 from bridge.registry import JsonShape, Registry, Snapshot, build_snapshot, load_includes
@@ -128,8 +128,13 @@ async def _close_upstreams(app: web.Application) -> None:
     await app[UPSTREAMS].close()
 
 
-async def start(settings: Settings, host: str, port: int, registry: Registry | None = None,
-                reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+async def start(
+    settings: Settings,
+    host: str,
+    port: int,
+    registry: Registry | None = None,
+    reuse_port: bool = False,
+) -> tuple[web.AppRunner, int]:
     """Start serving on host:port (0 = any free port); returns the runner and the bound port."""
     app = await create_app(settings, registry)
     # aiohttp refuses a header over 8 KiB with a plain-text 400 before any handler runs; let
@@ -145,6 +150,5 @@ async def start(settings: Settings, host: str, port: int, registry: Registry | N
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
-    server = site._server  # aiohttp exposes the bound socket only here
-    assert server is not None and server.sockets
+    server = cast(asyncio.Server, site._server)  # aiohttp exposes the bound socket only here
     return runner, server.sockets[0].getsockname()[1]

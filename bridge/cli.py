@@ -67,7 +67,9 @@ async def _load(settings: Settings) -> Registry:
         return await load_registry(settings)
     except CompileError as exc:
         lines = "\n  ".join(str(d) for d in exc.diagnostics)
-        raise Fatal(f"{settings.source}: protos.include: the protos do not compile:\n  {lines}") from None
+        raise Fatal(
+            f"{settings.source}: protos.include: the protos do not compile:\n  {lines}"
+        ) from None
     except SnapshotError as exc:
         raise Fatal(f"{settings.source}: {exc}") from None
 
@@ -77,10 +79,15 @@ def _check(args: argparse.Namespace) -> int:
     registry = asyncio.run(_load(settings))
     for route in registry.snapshot.routes.routes:
         method = route.target.method
-        print(f"{route.verb:7} {route.template.source}  ->  {method.full_name} "
-              f"({method.kind}, upstream {method.upstream})")
-    print(f"ok: {len(registry.snapshot.methods)} methods, "
-          f"{len(registry.snapshot.routes.routes)} routes", file=sys.stderr)
+        print(
+            f"{route.verb:7} {route.template.source}  ->  {method.full_name} "
+            f"({method.kind}, upstream {method.upstream})"
+        )
+    print(
+        f"ok: {len(registry.snapshot.methods)} methods, "
+        f"{len(registry.snapshot.routes.routes)} routes",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -152,6 +159,18 @@ async def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool)
     return 0
 
 
+def _worker(settings: Settings, host: str, port: int) -> int:
+    """One forked worker; it must never return into the parent's code."""
+    try:
+        return asyncio.run(_serve_one(settings, host, port, reuse_port=True))
+    except Fatal as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    except BaseException:
+        log.exception("worker %d failed", os.getpid())
+        return 1
+
+
 def _serve_many(settings: Settings, host: str, port: int, workers: int) -> int:
     """Fork ``workers`` processes that share the port through SO_REUSEPORT."""
     asyncio.run(_load(settings))  # fail once, before forking, on a bad proto
@@ -159,11 +178,15 @@ def _serve_many(settings: Settings, host: str, port: int, workers: int) -> int:
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
-            code = asyncio.run(_serve_one(settings, host, port, reuse_port=True))
-            os._exit(code)
+            os._exit(_worker(settings, host, port))
         children.append(pid)
-    signal.signal(signal.SIGINT, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: [os.kill(c, signal.SIGTERM) for c in children])
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            os.kill(child, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
     status = 0
     for pid in children:
         _, code = os.waitpid(pid, 0)

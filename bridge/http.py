@@ -15,7 +15,7 @@ from bridge.routing import MatchKind
 from bridge.transcode.request import decode_json
 from bridge.transcode.response import ndjson_line, sse_event
 from bridge.upstream import call as calls
-from bridge.upstream.metadata import Metadata, parse_grpc_timeout, request_id, request_metadata
+from bridge.upstream.metadata import parse_grpc_timeout, request_id, request_metadata
 from bridge.upstream.pool import Upstreams
 
 JSON: Final = "application/json"
@@ -99,11 +99,15 @@ async def _read_body(request: web.Request) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BridgeError(
-            errors.RESOURCE_EXHAUSTED, f"request body over {request.client_max_size} bytes", status=413
+            errors.RESOURCE_EXHAUSTED,
+            f"request body over {request.client_max_size} bytes",
+            status=413,
         ) from None
 
 
-def _json_reply(binding: Binding, reply: Message, headers: dict[str, str], rid: str) -> web.Response:
+def _json_reply(
+    binding: Binding, reply: Message, headers: dict[str, str], rid: str
+) -> web.Response:
     headers["X-Request-Id"] = rid
     body = binding.response.to_json(reply)
     return web.Response(body=body, content_type=JSON, headers=headers)

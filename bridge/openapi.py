@@ -10,6 +10,7 @@ and schemas come out in a fixed order, so one snapshot always gives the same doc
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -68,13 +69,19 @@ _WRAPPERS: Final = frozenset(
 )
 # Message types whose JSON form is a scalar, so URL text (path or query) can set them.
 _URL_TEXT: Final = _WRAPPERS | {
-    "google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
 }
 
 
 def openapi_document(
-    snapshot: Snapshot, *, title: str = "Bridge", use_proto_names: bool = False,
-    version: str = "1.0.0", expand_slashed_paths: bool = False,
+    snapshot: Snapshot,
+    *,
+    title: str = "Bridge",
+    use_proto_names: bool = False,
+    version: str = "1.0.0",
+    expand_slashed_paths: bool = False,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) of every HTTP route of the snapshot.
 
@@ -86,7 +93,7 @@ def openapi_document(
     routes = snapshot.routes.routes
     ids = _operation_ids(routes)
     for route in sorted(routes, key=lambda r: (r.template.source, r.verb, r.owner)):
-        paths.add(route, lambda params, r=route: _operation(r, ids[r], params, schemas))
+        paths.add(route, functools.partial(_operation, route, ids[route], schemas=schemas))
     document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version},
@@ -214,10 +221,14 @@ def _variable(
 def _regex(segments: Iterable[Segment]) -> str:
     """An anchored ECMA-262 pattern for a run of template segments."""
     pieces = {SegmentKind.SINGLE: "[^/]+", SegmentKind.MULTI: ".+"}
-    return "^" + "/".join(
-        _REGEX_SPECIAL.sub(r"\\\g<0>", s.literal) if s.literal else pieces[s.kind]
-        for s in segments
-    ) + "$"
+    return (
+        "^"
+        + "/".join(
+            _REGEX_SPECIAL.sub(r"\\\g<0>", s.literal) if s.literal else pieces[s.kind]
+            for s in segments
+        )
+        + "$"
+    )
 
 
 # --- operations ------------------------------------------------------------------------------
@@ -305,7 +316,9 @@ def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any
 
 
 def _query_fields(
-    message: Descriptor, bound: frozenset[tuple[str, ...]], prefix: FieldPath,
+    message: Descriptor,
+    bound: frozenset[tuple[str, ...]],
+    prefix: FieldPath,
     seen: frozenset[str],
 ) -> Iterator[FieldPath]:
     """Field paths a URL can set: scalars, enums, lists of them, text-valued well-known types."""
@@ -351,8 +364,8 @@ def _responses(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": f"`{name}`", "content": {JSON: {"schema": out}}}
     if binding.method.server_streaming:
         ok["description"] = (
-            f"A stream of `{name}`. NDJSON: a `{{\"result\": message}}` line per message; a "
-            "failure after the first line ends it with `{\"error\": status}`. With `Accept: "
+            f'A stream of `{name}`. NDJSON: a `{{"result": message}}` line per message; a '
+            'failure after the first line ends it with `{"error": status}`. With `Accept: '
             "text/event-stream`: a `data: <message>` event per message, and `event: error` "
             "with the status if the call fails."
         )

@@ -65,48 +65,71 @@ def test_check_prints_the_route_table_of_the_committed_config():
     ("body", "protos", "expected"),
     [
         pytest.param(
-            ONE_SERVICE.replace("targets", "tragets"), {"x.proto": GOOD_PROTO},
+            ONE_SERVICE.replace("targets", "tragets"),
+            {"x.proto": GOOD_PROTO},
             ["bridge.yaml", "upstreams.svc.tragets", "did you mean 'targets'"],
             id="unknown-key",
         ),
         pytest.param(
-            ONE_SERVICE + "listen: nowhere\n", {"x.proto": GOOD_PROTO},
-            ["bridge.yaml", "listen"], id="bad-listen",
-        ),
-        pytest.param(
-            ONE_SERVICE, {"x.proto": GOOD_PROTO.replace("string id = 1;", "string id = 1")},
-            ["x.proto:4:", "Expected \";\""], id="proto-syntax-error-with-line",
-        ),
-        pytest.param(
-            ONE_SERVICE, {"x.proto": GOOD_PROTO.replace('import "google/api/annotations.proto";',
-                                                        'import "missing/thing.proto";')},
-            ["missing/thing.proto"], id="proto-missing-import",
+            ONE_SERVICE + "listen: nowhere\n",
+            {"x.proto": GOOD_PROTO},
+            ["bridge.yaml", "listen"],
+            id="bad-listen",
         ),
         pytest.param(
             ONE_SERVICE,
-            {"x.proto": GOOD_PROTO,
-             "y.proto": GOOD_PROTO.replace("package x;", "package x.y;").replace("Req", "R2")},
-            ["route conflict", "x.A/Get", "x.y.A/Get", "/v1/things/{id}"], id="route-collision",
+            {"x.proto": GOOD_PROTO.replace("string id = 1;", "string id = 1")},
+            ["x.proto:4:", 'Expected ";"'],
+            id="proto-syntax-error-with-line",
         ),
         pytest.param(
-            ONE_SERVICE.replace('"x.*"', '"other.*"'), {"x.proto": GOOD_PROTO},
-            ["service x.A has no upstream"], id="service-without-upstream",
+            ONE_SERVICE,
+            {
+                "x.proto": GOOD_PROTO.replace(
+                    'import "google/api/annotations.proto";', 'import "missing/thing.proto";'
+                )
+            },
+            ["missing/thing.proto"],
+            id="proto-missing-import",
         ),
         pytest.param(
-            ONE_SERVICE, {"x.proto": GOOD_PROTO.replace("/v1/things/{id}", "/v1/things/{idd}")},
-            ["x.A/Get", "/v1/things/{idd}", "idd"], id="path-variable-names-no-field",
+            ONE_SERVICE,
+            {
+                "x.proto": GOOD_PROTO,
+                "y.proto": GOOD_PROTO.replace("package x;", "package x.y;").replace("Req", "R2"),
+            },
+            ["route conflict", "x.A/Get", "x.y.A/Get", "/v1/things/{id}"],
+            id="route-collision",
         ),
         pytest.param(
-            ONE_SERVICE, {"x.proto": GOOD_PROTO.replace("/v1/things/{id}", "v1/{id")},
-            ["x.A/Get", "v1/{id"], id="bad-template",
+            ONE_SERVICE.replace('"x.*"', '"other.*"'),
+            {"x.proto": GOOD_PROTO},
+            ["service x.A has no upstream"],
+            id="service-without-upstream",
+        ),
+        pytest.param(
+            ONE_SERVICE,
+            {"x.proto": GOOD_PROTO.replace("/v1/things/{id}", "/v1/things/{idd}")},
+            ["x.A/Get", "/v1/things/{idd}", "idd"],
+            id="path-variable-names-no-field",
+        ),
+        pytest.param(
+            ONE_SERVICE,
+            {"x.proto": GOOD_PROTO.replace("/v1/things/{id}", "v1/{id")},
+            ["x.A/Get", "v1/{id"],
+            id="bad-template",
         ),
     ],
 )
-def test_check_and_serve_refuse_bad_input_with_one_readable_message(tmp_path, body, protos, expected):
+def test_check_and_serve_refuse_bad_input_with_one_readable_message(
+    tmp_path, body, protos, expected
+):
     path = config(tmp_path, body, protos)
     port = free_port()
-    for command in (["check", "--config", str(path)],
-                    ["serve", "--config", str(path), "--listen", f"127.0.0.1:{port}"]):
+    for command in (
+        ["check", "--config", str(path)],
+        ["serve", "--config", str(path), "--listen", f"127.0.0.1:{port}"],
+    ):
         result = bridge(*command)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr

@@ -19,9 +19,7 @@ BAD_REQUEST_DETAIL: Final = {
 }
 
 
-async def call(
-    bridge: Bridge, method: str, path: str, **kwargs: Any
-) -> tuple[int, Any, Any]:
+async def call(bridge: Bridge, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
     """Make a request with the path and query sent exactly as written; (status, JSON, headers)."""
     url = URL(bridge.url + path, encoded=True)
     async with bridge.http.request(method, url, **kwargs) as resp:
@@ -152,8 +150,9 @@ BAD_INPUT: Final = [
     pytest.param(
         "POST", "/v1/users", body({"displayName": 5}), ["displayName"], id="wrong-type-body-field"
     ),
-    pytest.param("POST", ECHO, body({"textChoice": "a", "numberChoice": 1}), ["choice"],
-                 id="oneof-twice"),
+    pytest.param(
+        "POST", ECHO, body({"textChoice": "a", "numberChoice": 1}), ["choice"], id="oneof-twice"
+    ),
     # Unknown fields.
     pytest.param("POST", ECHO, body({"bogus": 1}), ["bogus"], id="unknown-field"),
     pytest.param("POST", ECHO, body({"inner": {"bogus": 1}}), ["bogus"], id="unknown-nested-field"),
@@ -165,27 +164,55 @@ BAD_INPUT: Final = [
     pytest.param("POST", ECHO, body({"big": -1}), ["big"], id="uint64-negative"),
     pytest.param("POST", ECHO, body({"small": 1e39}), ["small"], id="float-too-big"),
     # Nested 5,000 deep: in a Struct field and as plain message nesting.
-    pytest.param("POST", ECHO, raw(b'{"extra": ' + nested(5000, "a", "1") + b"}"), ["deep"],
-                 id="struct-5000-deep"),
-    pytest.param("POST", ECHO, raw(b'{"inner": ' + nested(5000, "child", "{}") + b"}"),
-                 ["deep"], id="message-5000-deep"),
-    pytest.param("POST", ECHO, raw(b'{"extra": {"l": ' + b"[" * 5000 + b"]" * 5000 + b"}}"),
-                 ["deep"], id="list-5000-deep"),
+    pytest.param(
+        "POST",
+        ECHO,
+        raw(b'{"extra": ' + nested(5000, "a", "1") + b"}"),
+        ["deep"],
+        id="struct-5000-deep",
+    ),
+    pytest.param(
+        "POST",
+        ECHO,
+        raw(b'{"inner": ' + nested(5000, "child", "{}") + b"}"),
+        ["deep"],
+        id="message-5000-deep",
+    ),
+    pytest.param(
+        "POST",
+        ECHO,
+        raw(b'{"extra": {"l": ' + b"[" * 5000 + b"]" * 5000 + b"}}"),
+        ["deep"],
+        id="list-5000-deep",
+    ),
     # Query parameters.
     pytest.param("GET", "/v1/users?bogus=1", {}, ["bogus"], id="query-unknown"),
-    pytest.param("GET", "/v1/users?filter.bogus=1", {}, ["filter.bogus"],
-                 id="query-unknown-nested"),
-    pytest.param("GET", "/v1/users?page_size=1&page_size=2", {}, ["page_size"],
-                 id="query-repeated-for-singular"),
+    pytest.param(
+        "GET", "/v1/users?filter.bogus=1", {}, ["filter.bogus"], id="query-unknown-nested"
+    ),
+    pytest.param(
+        "GET",
+        "/v1/users?page_size=1&page_size=2",
+        {},
+        ["page_size"],
+        id="query-repeated-for-singular",
+    ),
     pytest.param("GET", "/v1/users?filter=London", {}, ["filter"], id="query-names-message"),
     pytest.param("GET", "/v1/echo/x?inner=1", {}, ["inner"], id="query-names-message-echo"),
     pytest.param("GET", "/v1/echo/x?named=1", {}, ["named"], id="query-names-map"),
-    pytest.param("GET", "/v1/users?page_size=abc", {}, ["page_size", "pageSize"],
-                 id="query-bad-int32"),
-    pytest.param("GET", "/v1/users?page_size=2147483648", {}, ["page_size", "pageSize"],
-                 id="query-int32-out-of-range"),
-    pytest.param("GET", "/v1/users?min_karma=12x", {}, ["min_karma", "minKarma"],
-                 id="query-bad-int64"),
+    pytest.param(
+        "GET", "/v1/users?page_size=abc", {}, ["page_size", "pageSize"], id="query-bad-int32"
+    ),
+    pytest.param(
+        "GET",
+        "/v1/users?page_size=2147483648",
+        {},
+        ["page_size", "pageSize"],
+        id="query-int32-out-of-range",
+    ),
+    pytest.param(
+        "GET", "/v1/users?min_karma=12x", {}, ["min_karma", "minKarma"], id="query-bad-int64"
+    ),
     pytest.param("GET", "/v1/users?role=ROLE_NOPE", {}, ["role"], id="query-bad-enum"),
     pytest.param("GET", "/v1/echo/x?flag=maybe", {}, ["flag"], id="query-bad-bool"),
     pytest.param("GET", "/v1/echo/x?at=yesterday", {}, ["at"], id="query-bad-timestamp"),
@@ -222,16 +249,26 @@ async def test_bad_input_is_400_naming_the_field(
 # The echo reply nests the request one level deeper, so requests of exactly 100 levels are
 # left out for Echo (the reply could not be decoded); CreateUser's reply is shallower.
 DEPTHS: Final = [
-    *(pytest.param(ECHO, "extra", nested(n, "a", "1"), id=f"struct-{n}")
-      for n in (32, 33, 34, 40, 49, 50)),
-    *(pytest.param(ECHO, "extra", b'{"l": ' + b"[" * n + b"]" * n + b"}", id=f"list-{n}")
-      for n in (47, 48, 50, 60, 98, 99)),
-    *(pytest.param(ECHO, "inner", nested(n, "child", "{}"), id=f"message-{n}")
-      for n in (97, 98, 99, 100)),
-    *(pytest.param(ECHO, "named", b'{"k": ' + nested(n, "child", "{}") + b"}", id=f"map-{n}")
-      for n in (96, 97, 99, 100)),
-    *(pytest.param("/v1/users", "profile", nested(n, "a", "1"), id=f"body-field-struct-{n}")
-      for n in (33, 34, 49, 50)),
+    *(
+        pytest.param(ECHO, "extra", nested(n, "a", "1"), id=f"struct-{n}")
+        for n in (32, 33, 34, 40, 49, 50)
+    ),
+    *(
+        pytest.param(ECHO, "extra", b'{"l": ' + b"[" * n + b"]" * n + b"}", id=f"list-{n}")
+        for n in (47, 48, 50, 60, 98, 99)
+    ),
+    *(
+        pytest.param(ECHO, "inner", nested(n, "child", "{}"), id=f"message-{n}")
+        for n in (97, 98, 99, 100)
+    ),
+    *(
+        pytest.param(ECHO, "named", b'{"k": ' + nested(n, "child", "{}") + b"}", id=f"map-{n}")
+        for n in (96, 97, 99, 100)
+    ),
+    *(
+        pytest.param("/v1/users", "profile", nested(n, "a", "1"), id=f"body-field-struct-{n}")
+        for n in (33, 34, 49, 50)
+    ),
 ]
 
 
@@ -251,9 +288,7 @@ async def test_deep_nesting_is_forwarded_or_400(
 
 @pytest.fixture
 async def small_bridge(start_bridge: StartBridge, users_server: int, echo_server: int) -> Bridge:
-    return await start_bridge(
-        demo_config(users_server, echo_server, limits={"max_body": "1KiB"})
-    )
+    return await start_bridge(demo_config(users_server, echo_server, limits={"max_body": "1KiB"}))
 
 
 async def _chunks(data: bytes):  # type: ignore[no-untyped-def]

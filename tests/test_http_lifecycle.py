@@ -14,9 +14,10 @@ import pytest
 from google.protobuf import empty_pb2
 
 import services  # noqa: F401  (puts the generated code on sys.path)
-from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from services.echo.server import start as start_echo
 from tests.conftest import Bridge, StartBridge, demo_config
+
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 Stats = Callable[[], Awaitable[echo_pb2.Stats]]
 
@@ -31,7 +32,7 @@ def on_the_wire(seconds: float) -> float:
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll predicate every 20 ms until it holds; returns the seconds it took, fails after timeout."""
+    """Poll predicate every 20 ms until it holds; return the seconds taken; fail after timeout."""
     start = time.monotonic()
     while True:
         if await predicate():
@@ -63,7 +64,12 @@ class RawClient:
 
     @classmethod
     async def send(
-        cls, bridge: Bridge, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+        cls,
+        bridge: Bridge,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
     ) -> RawClient:
         url = urlsplit(bridge.url)
         reader, writer = await asyncio.open_connection(url.hostname, url.port)
@@ -85,7 +91,9 @@ class RawClient:
 
 
 async def echo_call(bridge: Bridge, headers: dict[str, str] | None = None, **fields: Any):
-    return await bridge.json("POST", "/v1/echo", json={"message": "hi", **fields}, headers=headers or {})
+    return await bridge.json(
+        "POST", "/v1/echo", json={"message": "hi", **fields}, headers=headers or {}
+    )
 
 
 def with_echo_timeout(config: dict[str, Any], timeout: str) -> dict[str, Any]:
@@ -198,7 +206,9 @@ async def test_client_disconnect_cancels_a_unary_call(demo, echo_stats):
 @pytest.mark.parametrize("accept", ["application/x-ndjson", "text/event-stream"])
 async def test_client_disconnect_cancels_a_server_stream(demo, echo_stats, accept):
     before = (await echo_stats()).cancelled_by_method["Tick"]
-    client = await RawClient.send(demo, "GET", "/v1/ticks?interval_ms=100", headers={"Accept": accept})
+    client = await RawClient.send(
+        demo, "GET", "/v1/ticks?interval_ms=100", headers={"Accept": accept}
+    )
     head = await client.read_head()
     assert head.startswith(b"HTTP/1.1 200"), head
     assert accept.encode() in head.lower()

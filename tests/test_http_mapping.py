@@ -135,9 +135,7 @@ async def test_create_user_validate_only_from_query(demo: Bridge) -> None:
 
 
 async def test_custom_verb_with_body_star(demo: Bridge) -> None:
-    body = await ok(
-        demo, "POST", "/v1/users/2:ban", json={"reason": "spam", "duration": "3600s"}
-    )
+    body = await ok(demo, "POST", "/v1/users/2:ban", json={"reason": "spam", "duration": "3600s"})
     assert (body["id"], body["banned"], body["banReason"]) == ("2", True, "spam")
     assert (await ok(demo, "GET", "/v1/users/2"))["banned"] is True
 
@@ -199,7 +197,9 @@ async def test_additional_binding(demo: Bridge, org: str, expected: list[str]) -
             id="echo",
         ),
         pytest.param(
-            "/demo.users.v1.UserService/GetUser", {"id": "1"}, {"displayName": "Ada Lovelace"},
+            "/demo.users.v1.UserService/GetUser",
+            {"id": "1"},
+            {"displayName": "Ada Lovelace"},
             id="annotated-method",
         ),
         pytest.param(
@@ -291,15 +291,21 @@ async def test_page_token_round_trip(demo: Bridge) -> None:
         pytest.param("kinds=KIND_A&kinds=2", "kinds", ["KIND_A", "KIND_B"], id="repeated-enum"),
         pytest.param("at=2024-01-02T03:04:05Z", "at", "2024-01-02T03:04:05Z", id="timestamp"),
         pytest.param(
-            "at=2024-01-02T04:04:05.5%2B01:00", "at", "2024-01-02T03:04:05.500Z",
+            "at=2024-01-02T04:04:05.5%2B01:00",
+            "at",
+            "2024-01-02T03:04:05.500Z",
             id="timestamp-offset-fraction",
         ),
         pytest.param("wait=1.5s", "wait", "1.500s", id="duration"),
         pytest.param("wait=3s", "wait", "3s", id="duration-whole"),
         pytest.param("ratio=0.25", "ratio", 0.25, id="wrapper"),
         pytest.param("ratio=0", "ratio", 0, id="wrapper-zero-is-present"),
-        pytest.param("mask=display_name,inner.note", "mask", "displayName,inner.note",
-                     id="field-mask-proto-names"),
+        pytest.param(
+            "mask=display_name,inner.note",
+            "mask",
+            "displayName,inner.note",
+            id="field-mask-proto-names",
+        ),
         pytest.param("mask=displayName", "mask", "displayName", id="field-mask-json-names"),
         pytest.param("flag=true", "flag", True, id="bool-true"),
         pytest.param("flag=1", "flag", True, id="bool-1"),
@@ -366,45 +372,65 @@ STRUCT: Final = {
 @pytest.mark.parametrize(
     "sent, expected",
     [
-        pytest.param({"number": 9007199254740993}, {"number": "9007199254740993"},
-                     id="int64-number-in-string-out"),
-        pytest.param({"number": "-9007199254740993"}, {"number": "-9007199254740993"},
-                     id="int64-string-in"),
-        pytest.param({"big": 18446744073709551615}, {"big": "18446744073709551615"},
-                     id="uint64-number-in"),
-        pytest.param({"big": "18446744073709551615"}, {"big": "18446744073709551615"},
-                     id="uint64-string-in"),
-        pytest.param({"numbers": [1, "2", -3]}, {"numbers": ["1", "2", "-3"]},
-                     id="repeated-int64-mixed"),
+        pytest.param(
+            {"number": 9007199254740993},
+            {"number": "9007199254740993"},
+            id="int64-number-in-string-out",
+        ),
+        pytest.param(
+            {"number": "-9007199254740993"}, {"number": "-9007199254740993"}, id="int64-string-in"
+        ),
+        pytest.param(
+            {"big": 18446744073709551615}, {"big": "18446744073709551615"}, id="uint64-number-in"
+        ),
+        pytest.param(
+            {"big": "18446744073709551615"}, {"big": "18446744073709551615"}, id="uint64-string-in"
+        ),
+        pytest.param(
+            {"numbers": [1, "2", -3]}, {"numbers": ["1", "2", "-3"]}, id="repeated-int64-mixed"
+        ),
         pytest.param({"sleepMs": "1"}, {"sleepMs": 1}, id="int32-string-in-number-out"),
         pytest.param({"kind": "KIND_B"}, {"kind": "KIND_B"}, id="enum-name"),
         pytest.param({"kind": 2}, {"kind": "KIND_B"}, id="enum-number"),
-        pytest.param({"kinds": ["KIND_A", 2]}, {"kinds": ["KIND_A", "KIND_B"]},
-                     id="repeated-enum-mixed"),
+        pytest.param(
+            {"kinds": ["KIND_A", 2]}, {"kinds": ["KIND_A", "KIND_B"]}, id="repeated-enum-mixed"
+        ),
         pytest.param({"payload": "AP9oZWxsbw=="}, {"payload": "AP9oZWxsbw=="}, id="bytes"),
         pytest.param({"payload": "-_-_"}, {"payload": "+/+/"}, id="bytes-url-safe-in"),
-        pytest.param({"at": "2024-01-02T03:04:05.123Z"}, {"at": "2024-01-02T03:04:05.123Z"},
-                     id="timestamp"),
-        pytest.param({"at": "2024-01-02T04:04:05+01:00"}, {"at": "2024-01-02T03:04:05Z"},
-                     id="timestamp-offset-normalised"),
+        pytest.param(
+            {"at": "2024-01-02T03:04:05.123Z"}, {"at": "2024-01-02T03:04:05.123Z"}, id="timestamp"
+        ),
+        pytest.param(
+            {"at": "2024-01-02T04:04:05+01:00"},
+            {"at": "2024-01-02T03:04:05Z"},
+            id="timestamp-offset-normalised",
+        ),
         pytest.param({"wait": "1.5s"}, {"wait": "1.500s"}, id="duration"),
         pytest.param({"wait": "-0.25s"}, {"wait": "-0.250s"}, id="duration-negative"),
         pytest.param({"ratio": 0.5}, {"ratio": 0.5}, id="wrapper"),
         pytest.param({"ratio": 0}, {"ratio": 0}, id="wrapper-zero-is-present"),
         pytest.param({"extra": STRUCT}, {"extra": STRUCT}, id="struct"),
-        pytest.param({"mask": "displayName,inner.note"}, {"mask": "displayName,inner.note"},
-                     id="field-mask"),
-        pytest.param({"responseHeaders": {"x-a": "1"}}, {"responseHeaders": {"x-a": "1"}},
-                     id="map-of-strings"),
+        pytest.param(
+            {"mask": "displayName,inner.note"}, {"mask": "displayName,inner.note"}, id="field-mask"
+        ),
+        pytest.param(
+            {"responseHeaders": {"x-a": "1"}},
+            {"responseHeaders": {"x-a": "1"}},
+            id="map-of-strings",
+        ),
         pytest.param(
             {"named": {"k": {"note": "n", "child": {"level": 2}}, "e": {}}},
             {"named.k.note": "n", "named.k.child.level": 2, "named.e.note": ""},
             id="map-of-messages",
         ),
-        pytest.param({"textChoice": "t"}, {"textChoice": "t", "numberChoice": ABSENT},
-                     id="oneof-string"),
-        pytest.param({"numberChoice": 0}, {"numberChoice": 0, "textChoice": ABSENT},
-                     id="oneof-zero-is-present"),
+        pytest.param(
+            {"textChoice": "t"}, {"textChoice": "t", "numberChoice": ABSENT}, id="oneof-string"
+        ),
+        pytest.param(
+            {"numberChoice": 0},
+            {"numberChoice": 0, "textChoice": ABSENT},
+            id="oneof-zero-is-present",
+        ),
         pytest.param(
             {"inner": {"note": "a", "child": {"note": "b", "child": {"level": 3}}}},
             {"inner.note": "a", "inner.child.note": "b", "inner.child.child.level": 3},
@@ -439,9 +465,19 @@ async def test_unpopulated_fields_emitted_by_default(demo: Bridge) -> None:
     body = await ok(demo, "POST", "/v1/echo", json={"message": "hi"})
     request = body["request"]
     expected = {
-        "message": "hi", "payload": "", "sleepMs": 0, "number": "0", "big": "0",
-        "kind": "KIND_UNSPECIFIED", "flag": False, "score": 0, "small": 0,
-        "numbers": [], "kinds": [], "named": {}, "responseHeaders": {},
+        "message": "hi",
+        "payload": "",
+        "sleepMs": 0,
+        "number": "0",
+        "big": "0",
+        "kind": "KIND_UNSPECIFIED",
+        "flag": False,
+        "score": 0,
+        "small": 0,
+        "numbers": [],
+        "kinds": [],
+        "named": {},
+        "responseHeaders": {},
     }
     assert {key: request.get(key, ABSENT) for key in expected} == expected
 
@@ -450,7 +486,9 @@ async def test_proto_names_accepted_in_body_field(demo: Bridge) -> None:
     sent = {"display_name": "Grace", "favorite_category": "ships", "session_ttl": "60s"}
     body = await ok(demo, "POST", "/v1/users", json=sent)
     assert (body["displayName"], body["favoriteCategory"], body["sessionTtl"]) == (
-        "Grace", "ships", "60s"
+        "Grace",
+        "ships",
+        "60s",
     )
 
 

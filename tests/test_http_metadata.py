@@ -80,7 +80,9 @@ async def test_grpc_metadata_prefix_reaches_backend_without_prefix(demo):
 
 
 async def test_repeated_metadata_headers_all_reach_backend(demo):
-    metadata = await backend_metadata(demo, [("Grpc-Metadata-x-tag", "a"), ("Grpc-Metadata-x-tag", "b")])
+    metadata = await backend_metadata(
+        demo, [("Grpc-Metadata-x-tag", "a"), ("Grpc-Metadata-x-tag", "b")]
+    )
     assert metadata["x-tag"] == "a,b"  # echo joins repeated keys as HTTP does
 
 
@@ -93,7 +95,9 @@ async def test_default_forward_headers_are_forwarded(demo):
 
 
 async def test_other_plain_headers_are_not_forwarded(demo):
-    metadata = await backend_metadata(demo, {"X-Tenant": "acme", "Accept-Language": "fr", "Cookie": "a=b"})
+    metadata = await backend_metadata(
+        demo, {"X-Tenant": "acme", "Accept-Language": "fr", "Cookie": "a=b"}
+    )
     assert "x-tenant" not in metadata
     assert "accept-language" not in metadata
     assert "cookie" not in metadata
@@ -102,7 +106,8 @@ async def test_other_plain_headers_are_not_forwarded(demo):
 async def test_custom_forward_headers_list_is_honoured(bridge_with):
     bridge = await bridge_with(forward_headers=["X-Tenant", "x-api-key"])
     metadata = await backend_metadata(
-        bridge, {"x-tenant": "acme", "X-Api-Key": "k1", "Authorization": "Bearer t", "X-Other": "no"}
+        bridge,
+        {"x-tenant": "acme", "X-Api-Key": "k1", "Authorization": "Bearer t", "X-Other": "no"},
     )
     assert metadata["x-tenant"] == "acme"
     assert metadata["x-api-key"] == "k1"
@@ -237,7 +242,9 @@ async def test_unusable_request_id_is_replaced(demo):
 
 
 async def test_request_id_echoed_on_errors(demo):
-    status, body, headers = await demo.json("GET", "/v1/no-such-route", headers={"X-Request-Id": "e-1"})
+    status, body, headers = await demo.json(
+        "GET", "/v1/no-such-route", headers={"X-Request-Id": "e-1"}
+    )
     assert status == 404, body
     assert headers["X-Request-Id"] == "e-1"
     status, body, headers = await demo.json("GET", "/v1/fail/5")

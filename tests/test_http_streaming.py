@@ -191,21 +191,27 @@ async def test_sum_with_json_array_body(demo):
 
 
 async def test_sum_with_empty_body(demo):
-    status, reply, _ = await demo.json("POST", "/v1/sum", data=b"", headers={"Content-Type": NDJSON})
+    status, reply, _ = await demo.json(
+        "POST", "/v1/sum", data=b"", headers={"Content-Type": NDJSON}
+    )
     assert status == 200, reply
     assert reply == {"total": "0", "count": 0}
 
 
 async def test_sum_ndjson_tolerates_blank_lines_and_crlf(demo):
     body = b'{"value": 1}\r\n\r\n{"value": 2}\r\n'
-    status, reply, _ = await demo.json("POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON})
+    status, reply, _ = await demo.json(
+        "POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON}
+    )
     assert status == 200, reply
     assert reply == {"total": "3", "count": 2}
 
 
 async def test_sum_with_a_malformed_line_is_400(demo):
     body = b'{"value": 1}\n{"value": \n'
-    status, reply, _ = await demo.json("POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON})
+    status, reply, _ = await demo.json(
+        "POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON}
+    )
     assert status == 400, reply
     assert reply["code"] == 3
 
@@ -218,7 +224,9 @@ async def test_sum_with_an_array_of_non_messages_is_400(demo):
 
 async def test_sum_with_an_unknown_field_is_400_naming_it(demo):
     body = ndjson({"value": 1}, {"valu": 2})
-    status, reply, _ = await demo.json("POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON})
+    status, reply, _ = await demo.json(
+        "POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON}
+    )
     assert status == 400, reply
     assert reply["code"] == 3
     assert "valu" in reply["message"]
@@ -227,7 +235,9 @@ async def test_sum_with_an_unknown_field_is_400_naming_it(demo):
 async def test_sum_backend_error_is_mapped(demo):
     big = str(2**62)
     body = ndjson({"value": big}, {"value": big})
-    status, reply, _ = await demo.json("POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON})
+    status, reply, _ = await demo.json(
+        "POST", "/v1/sum", data=body, headers={"Content-Type": NDJSON}
+    )
     assert status == 400, reply
     assert reply["code"] == 11  # OUT_OF_RANGE
 

@@ -371,7 +371,7 @@ def test_bridge_openapi_refuses_a_bad_config(tmp_path):
 
 
 async def test_openapi_json_is_served_for_the_live_routes(demo):
-    status, body, headers = await demo.json("GET", "/openapi.json")
+    status, body, _ = await demo.json("GET", "/openapi.json")
     assert status == 200
     assert body["openapi"] == "3.1.0"
     assert "/v1/users/{id}" in body["paths"]

@@ -83,27 +83,36 @@ async def shop(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
         return order(request.name)
 
     async def list_orders(request, context):  # type: ignore[no-untyped-def]
-        return ListResponse(orders=[order(f"shops/{request.shop}/orders/{i}", request.state)
-                                    for i in range(request.limit or 2)])
+        return ListResponse(
+            orders=[
+                order(f"shops/{request.shop}/orders/{i}", request.state)
+                for i in range(request.limit or 2)
+            ]
+        )
 
     async def ship_order(request, context):  # type: ignore[no-untyped-def]
         return order(request.name, state=2)
 
     def handler(fn, req):  # type: ignore[no-untyped-def]
         return grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=cls(req).FromString,
+            fn,
+            request_deserializer=cls(req).FromString,
             response_serializer=lambda m: m.SerializeToString(),
         )
 
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "acme.shop.v1.OrderService",
-        {
-            "GetOrder": handler(get_order, "GetOrderRequest"),
-            "ListOrders": handler(list_orders, "ListOrdersRequest"),
-            "ShipOrder": handler(ship_order, "ShipOrderRequest"),
-        },
-    )])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "acme.shop.v1.OrderService",
+                {
+                    "GetOrder": handler(get_order, "GetOrderRequest"),
+                    "ListOrders": handler(list_orders, "ListOrdersRequest"),
+                    "ShipOrder": handler(ship_order, "ShipOrderRequest"),
+                },
+            )
+        ]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield root, port
@@ -146,8 +155,9 @@ async def test_own_package_is_served(start_bridge, shop):
     status, body, _ = await bridge.json("GET", "/v1/shops/other/orders/1")
     assert status == 404 and body["code"] == 5 and "shops/other/orders/1" in body["message"]
 
-    status, body, _ = await bridge.json("POST", "/acme.shop.v1.OrderService/GetOrder",
-                                        json={"name": "shops/acme/orders/1"})
+    status, body, _ = await bridge.json(
+        "POST", "/acme.shop.v1.OrderService/GetOrder", json={"name": "shops/acme/orders/1"}
+    )
     assert status == 200 and body["items"] == ["book"]
 
     status, body, _ = await bridge.json("GET", "/v1/shops/acme/orders?limit=x")

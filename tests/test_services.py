@@ -21,12 +21,12 @@ from services.gen import generate
 if not (GEN_DIR / "demo").is_dir():  # a fresh checkout: make install has not run yet
     assert generate() == 0, "protoc failed"
 
-from demo.echo.v1 import echo_pb2, echo_pb2_grpc
-from demo.users.v1 import users_pb2, users_pb2_grpc
-
 from services.echo.server import start as start_echo
 from services.users import listing
 from services.users.server import start as start_users
+
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
+from demo.users.v1 import users_pb2, users_pb2_grpc
 
 Code = grpc.StatusCode
 UsersStub = users_pb2_grpc.UserServiceStub

@@ -397,8 +397,14 @@ async def test_client_stream_whole_in_the_start_frame(demo):
 
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(demo.url + "/ws", protocols=("bridge.v1",)) as ws:
-            await ws.send_json({"id": "s", "method": "demo.echo.v1.EchoService/Sum",
-                                "message": {"value": "5"}, "end": True})
+            await ws.send_json(
+                {
+                    "id": "s",
+                    "method": "demo.echo.v1.EchoService/Sum",
+                    "message": {"value": "5"},
+                    "end": True,
+                }
+            )
             frames = []
             while not frames or "status" not in frames[-1]:
                 frames.append(await ws.receive_json(timeout=5))

@@ -7,7 +7,14 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 from bridge.registry.compiler import CompileError, Diagnostic, compile_protos, find_proto_files
-from bridge.registry.snapshot import INCLUDE, JsonShape, ProtoSet, Snapshot, SnapshotError, build_snapshot
+from bridge.registry.snapshot import (
+    INCLUDE,
+    JsonShape,
+    ProtoSet,
+    Snapshot,
+    SnapshotError,
+    build_snapshot,
+)
 
 __all__ = [
     "CompileError",
@@ -34,7 +41,9 @@ async def load_includes(entries: tuple[Path, ...]) -> ProtoSet:
     names: list[str] = []
     for entry in entries:
         if not entry.exists():
-            raise CompileError([Diagnostic(str(entry), 0, 0, "protos.include: no such file or folder")])
+            raise CompileError(
+                [Diagnostic(str(entry), 0, 0, "protos.include: no such file or folder")]
+            )
         root, found = find_proto_files(entry)
         roots.append(root)
         names.extend(found)

@@ -21,7 +21,9 @@ from typing import Final
 
 from google.protobuf import descriptor_pb2
 
-_DIAGNOSTIC: Final = re.compile(r"^(?P<file>[^:\n]+?):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$")
+_DIAGNOSTIC: Final = re.compile(
+    r"^(?P<file>[^:\n]+?):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$"
+)
 _FILE_ONLY: Final = re.compile(r"^(?P<file>[^:\n]+?\.proto): (?P<message>.*)$")
 
 
@@ -39,7 +41,12 @@ class Diagnostic:
         return f"{where}: {self.message}"
 
     def to_json(self) -> dict[str, object]:
-        return {"file": self.file, "line": self.line, "column": self.column, "message": self.message}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "message": self.message,
+        }
 
 
 class CompileError(Exception):
@@ -137,7 +144,7 @@ async def compile_protos(
 
 
 def find_proto_files(entry: Path) -> tuple[Path, list[str]]:
-    """The include root and the relative .proto names an include entry (file or folder) stands for."""
+    """The include root and the .proto names (relative to it) of an include file or folder."""
     if entry.is_file():
         return entry.parent, [entry.name]
     names = sorted(p.relative_to(entry).as_posix() for p in entry.rglob("*.proto"))

@@ -57,7 +57,9 @@ async def _ask(call: grpc.aio.StreamStreamCall, request: reflection_pb2.ServerRe
     return response
 
 
-def _files(response: reflection_pb2.ServerReflectionResponse) -> list[descriptor_pb2.FileDescriptorProto]:
+def _files(
+    response: reflection_pb2.ServerReflectionResponse,
+) -> list[descriptor_pb2.FileDescriptorProto]:
     raw = response.file_descriptor_response.file_descriptor_proto
     return [descriptor_pb2.FileDescriptorProto.FromString(data) for data in raw]
 
@@ -80,7 +82,9 @@ async def _collect(
                 pending.extend(_files(await _ask(call, request)))
 
 
-def _ordered(files: dict[str, descriptor_pb2.FileDescriptorProto]) -> descriptor_pb2.FileDescriptorSet:
+def _ordered(
+    files: dict[str, descriptor_pb2.FileDescriptorProto],
+) -> descriptor_pb2.FileDescriptorSet:
     """The files with every dependency before its dependents, as a pool must receive them."""
     ordered: list[descriptor_pb2.FileDescriptorProto] = []
     done: set[str] = set()

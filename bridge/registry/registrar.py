@@ -22,7 +22,14 @@ from bridge.errors import BridgeError
 from bridge.registry import Registry
 from bridge.registry.compiler import CompileError, compile_protos, find_proto_files
 from bridge.registry.reflection import ReflectionError, discover
-from bridge.registry.snapshot import INCLUDE, JsonShape, ProtoSet, Snapshot, SnapshotError, build_snapshot
+from bridge.registry.snapshot import (
+    INCLUDE,
+    JsonShape,
+    ProtoSet,
+    Snapshot,
+    SnapshotError,
+    build_snapshot,
+)
 from bridge.registry.store import NAME, FileStore, Registration
 from bridge.upstream.pool import Upstreams
 
@@ -60,7 +67,7 @@ class Registrar:
         )
 
     async def restore(self) -> None:
-        """Bring back stored registrations and reflected upstreams; bad ones are logged and skipped."""
+        """Bring back stored registrations and reflected upstreams; bad ones are logged, skipped."""
         await self._restore_registrations(await asyncio.to_thread(self.store.load))
         for name, upstream in self.settings.upstreams.items():
             if upstream.reflection:
@@ -85,8 +92,10 @@ class Registrar:
                 return
             pending = [registration for registration, _ in failed]
 
-    async def register(self, registration: Registration, *, persist: bool = True) -> tuple[bool, Snapshot]:
-        """Compile and serve a registration; returns (replaced, snapshot). BridgeError if refused."""
+    async def register(
+        self, registration: Registration, *, persist: bool = True
+    ) -> tuple[bool, Snapshot]:
+        """Compile and serve a registration: (replaced, snapshot), or a BridgeError if refused."""
         _check_registration(registration)
         upstream = self._upstream_name(registration)
         protos = await self._compile(registration, upstream)
@@ -129,7 +138,9 @@ class Registrar:
         try:
             protos = await discover(self.upstreams[upstream].channels[0], upstream)
         except ReflectionError as exc:
-            raise BridgeError(errors.UNAVAILABLE, f"reflection of '{upstream}' failed: {exc}") from None
+            raise BridgeError(
+                errors.UNAVAILABLE, f"reflection of '{upstream}' failed: {exc}"
+            ) from None
         async with self._lock:
             reflected = {**self.reflected, upstream: protos}
             self.registry.snapshot = await self._build(self.entries, reflected)
@@ -155,11 +166,15 @@ class Registrar:
                     f"'{other}' imports {used[0]} from '{name}': change or remove '{other}' first",
                 )
 
-    async def _build(self, entries: Mapping[str, Entry], reflected: Mapping[str, ProtoSet]) -> Snapshot:
+    async def _build(
+        self, entries: Mapping[str, Entry], reflected: Mapping[str, ProtoSet]
+    ) -> Snapshot:
         sets = [self.include, *(e.protos for e in entries.values()), *reflected.values()]
         try:
             # In a thread: building a large snapshot is CPU work the event loop should not wait on.
-            return await asyncio.to_thread(build_snapshot, sets, self.settings.upstream_for, self._json)
+            return await asyncio.to_thread(
+                build_snapshot, sets, self.settings.upstream_for, self._json
+            )
         except SnapshotError as exc:
             code = errors.ALREADY_EXISTS if exc.conflict else errors.INVALID_ARGUMENT
             raise BridgeError(code, str(exc)) from None
@@ -207,7 +222,12 @@ class Registrar:
             for r in snapshot.routes.routes
             if r.target.method.source == name
         ]
-        return {"name": name, "services": snapshot.services(name), "methods": methods, "routes": routes}
+        return {
+            "name": name,
+            "services": snapshot.services(name),
+            "methods": methods,
+            "routes": routes,
+        }
 
 
 def _check_registration(registration: Registration) -> None:

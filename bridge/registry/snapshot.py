@@ -139,7 +139,9 @@ def build_snapshot(
     except RouteConflict as exc:
         owners = f"'{exc.first.target.method.source}' and '{exc.second.target.method.source}'"
         raise SnapshotError(f"{exc} (defined by {owners})", conflict=True) from None
-    bindings = {r.owner: r.target for r in routes if r.template.source == _default_path(r.target.method)}
+    bindings = {
+        r.owner: r.target for r in routes if r.template.source == _default_path(r.target.method)
+    }
     return Snapshot(pool, MappingProxyType(methods), table, tuple(sets), MappingProxyType(bindings))
 
 
@@ -279,11 +281,12 @@ def _route(
     try:
         template = parse_template(path)
         variables = tuple(v.field_path for v in template.variables)
-        request = RequestPlan.build(
-            method.input, pool, body, variables, json.discard_unknown, verb
-        )
+        request = RequestPlan.build(method.input, pool, body, variables, json.discard_unknown, verb)
         response = ResponsePlan(
-            pool, json.emit_unpopulated, json.use_proto_names, _response_field(method, response_body)
+            pool,
+            json.emit_unpopulated,
+            json.use_proto_names,
+            _response_field(method, response_body),
         )
     except (TemplateError, FieldError) as exc:
         raise SnapshotError(f"{method.full_name}: {verb} {path}: {exc}") from None
@@ -295,5 +298,7 @@ def _response_field(method: Method, name: str):  # type: ignore[no-untyped-def]
         return None
     found = method.output.DESCRIPTOR.fields_by_name.get(name)
     if found is None:
-        raise FieldError(f"response_body '{name}' names no field of {method.output.DESCRIPTOR.full_name}")
+        raise FieldError(
+            f"response_body '{name}' names no field of {method.output.DESCRIPTOR.full_name}"
+        )
     return found

@@ -186,9 +186,7 @@ class RouteTable:
             if found is not None:
                 compiled, raw = found
                 return Match(MatchKind.FULL, compiled.route, compiled.bind(raw))
-        allowed = tuple(
-            sorted(m for m, t in self._tries.items() if m != verb and _find(t, split))
-        )
+        allowed = tuple(sorted(m for m, t in self._tries.items() if m != verb and _find(t, split)))
         return Match(MatchKind.PARTIAL, allowed=allowed) if allowed else _NO_MATCH
 
 

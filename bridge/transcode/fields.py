@@ -25,9 +25,7 @@ _BOOLS: Final = {"true": True, "false": False, "1": True, "0": False}
 # character ("Zm9v!YmFy" becomes b"foobar"), so the bridge checks bytes values itself.
 _BASE64: Final = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
 # Messages whose JSON is not walked for bytes: none inside, or typed only by "@type".
-_OPAQUE: Final = frozenset(
-    f"google.protobuf.{n}" for n in ("Struct", "Value", "ListValue", "Any")
-)
+_OPAQUE: Final = frozenset(f"google.protobuf.{n}" for n in ("Struct", "Value", "ListValue", "Any"))
 # The nesting protobuf runtimes decode by default (upb, C++ and Java stop at 100): a deeper
 # request would fail in the backend's decoder as an UNKNOWN/INTERNAL error, not as a 400.
 MAX_WIRE_DEPTH: Final = 100
@@ -61,6 +59,7 @@ def resolve(message: Descriptor, dotted: str | Sequence[str]) -> FieldPath:
     for i, name in enumerate(names):
         if path and (current is None or is_map(path[-1]) or path[-1].is_repeated):
             raise FieldError(f"'{'.'.join(names[:i])}' has no subfields")
+        assert current is not None  # the first name is looked up in ``message`` itself
         field = find_field(current, name)
         if field is None:
             where = ".".join(names[:i]) or current.full_name
@@ -175,7 +174,7 @@ def _is_base64(text: str) -> bool:
 
 
 def reaches(message: Descriptor, test: Any, seen: set[str] | None = None) -> bool:
-    """Whether ``test(field)`` holds for some field reachable from ``message`` (types walked once)."""
+    """Whether ``test(field)`` holds for a field reachable from ``message`` (types walked once)."""
     seen = set() if seen is None else seen
     if message.full_name in seen:
         return False

@@ -250,5 +250,3 @@ def _put(data: dict[str, Any], path: FieldPath, value: Any) -> None:
 
 def _key(node: dict[str, Any], f: FieldDescriptor) -> str:
     return f.name if f.name in node else f.json_name
-
-

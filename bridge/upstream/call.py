@@ -31,7 +31,10 @@ def rpc_error(exc: grpc.aio.AioRpcError, pool: DescriptorPool | None) -> BridgeE
 
 
 async def unary(
-    stub: Any, request: Message | Iterable[Message], timeout: float | None, metadata: Metadata,
+    stub: Any,
+    request: Message | Iterable[Message],
+    timeout: float | None,
+    metadata: Metadata,
     pool: DescriptorPool,
 ) -> tuple[Message, dict[str, str]]:
     """Make a call with one response; returns it with its metadata as response headers."""
@@ -72,9 +75,7 @@ class Stream:
         if message is grpc.aio.EOF:
             code = await self._call.code()
             if code != grpc.StatusCode.OK:
-                raise error_from_status(
-                    code.value[0], await self._call.details(), None, self._pool
-                )
+                raise error_from_status(code.value[0], await self._call.details(), None, self._pool)
             return None
         return message
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import itertools
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Final
@@ -141,7 +141,7 @@ def parse_grpc_timeout(text: str) -> float:
     m = _TIMEOUT.match(text.strip())
     if m is None:
         raise invalid_argument(
-            f"grpc-timeout '{text}' is malformed (expected up to 8 digits and a unit of H M S m u n)"
+            f"grpc-timeout '{text}' is malformed (up to 8 digits, then one of H M S m u n)"
         )
     return int(m[1]) * _TIMEOUT_UNITS[m[2]]
 

@@ -56,7 +56,10 @@ class Upstream:
         """Whether every target answers: grpc.health.v1 where offered, else any reply counts."""
         results = await asyncio.gather(*(self._check_one(ch, timeout) for ch in self.channels))
         targets = dict(zip(self.settings.targets, results, strict=True))
-        return {"ready": all(r == "SERVING" or r == "REACHABLE" for r in results), "targets": targets}
+        return {
+            "ready": all(r == "SERVING" or r == "REACHABLE" for r in results),
+            "targets": targets,
+        }
 
     async def _check_one(self, channel: grpc.aio.Channel, timeout: float) -> str:
         check = channel.unary_unary(

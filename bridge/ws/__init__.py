@@ -65,7 +65,9 @@ class WebSocketGateway:
         origin = request.headers.get("Origin")
         if origin is None or self._origin_allowed(origin, request.host):
             return None
-        return BridgeError(errors.PERMISSION_DENIED, f"origin {origin!r} is not allowed", status=403)
+        return BridgeError(
+            errors.PERMISSION_DENIED, f"origin {origin!r} is not allowed", status=403
+        )
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         """Allowed: a configured origin, ``*``, or the bridge's own origin (its pages)."""

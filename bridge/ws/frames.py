@@ -42,10 +42,10 @@ def parse(text: str) -> Frame:
         raise FrameError("frame must be a JSON object")
     call_id = data.get("id")
     if isinstance(call_id, bool) or not isinstance(call_id, str | int):
-        raise FrameError("frame has no \"id\" (a string or an integer)")
+        raise FrameError('frame has no "id" (a string or an integer)')
     method = data.get("method")
     if method is not None and not isinstance(method, str):
-        raise FrameError(f"call {call_id!r}: \"method\" must be a string like pkg.Service/Method")
+        raise FrameError(f'call {call_id!r}: "method" must be a string like pkg.Service/Method')
     return Frame(
         id=call_id,
         method=method,

@@ -50,7 +50,9 @@ class Session:
                 if msg.type == WSMsgType.TEXT:
                     await self._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    await self.send(frames.error(errors.INVALID_ARGUMENT, "frames must be JSON text"))
+                    await self.send(
+                        frames.error(errors.INVALID_ARGUMENT, "frames must be JSON text")
+                    )
         finally:
             await self.stop_all(None)
 
@@ -103,7 +105,9 @@ class Session:
             await self._frame_error(f"call {frame.id!r}: expected message, end or cancel")
             return
         if not call.takes_messages:
-            await self._frame_error(f"call {frame.id!r} ({call.method.kind}) takes no more messages")
+            await self._frame_error(
+                f"call {frame.id!r} ({call.method.kind}) takes no more messages"
+            )
             return
         try:
             if frame.has_message:
@@ -156,7 +160,9 @@ class Session:
         if frame.has_message and frame.message is not None:
             first = call.parse(frame.message)
         elif not method.client_streaming:
-            raise errors.invalid_argument(f"{name} is {method.kind}: the start frame needs a message")
+            raise errors.invalid_argument(
+                f"{name} is {method.kind}: the start frame needs a message"
+            )
         return call, first
 
     def _metadata(self, given: Any) -> Metadata:

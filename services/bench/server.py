@@ -8,8 +8,9 @@ from typing import Final
 import grpc
 
 import services  # noqa: F401  (puts the generated code on sys.path)
-from demo.bench.v1 import bench_pb2, bench_pb2_grpc
 from services.serving import add_health, bind_and_start
+
+from demo.bench.v1 import bench_pb2, bench_pb2_grpc
 
 DEFAULT_PORT: Final = 50053
 SERVICE_NAME: Final = bench_pb2.DESCRIPTOR.services_by_name["BenchService"].full_name
@@ -18,7 +19,9 @@ SERVICE_NAME: Final = bench_pb2.DESCRIPTOR.services_by_name["BenchService"].full
 class BenchServicer(bench_pb2_grpc.BenchServiceServicer):
     """Echo and Stream with no work beyond what gRPC itself does."""
 
-    async def Echo(self, request: bench_pb2.Ping, context: grpc.aio.ServicerContext) -> bench_pb2.Ping:
+    async def Echo(
+        self, request: bench_pb2.Ping, context: grpc.aio.ServicerContext
+    ) -> bench_pb2.Ping:
         return request
 
     async def Stream(

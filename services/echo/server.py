@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Final
 
 import grpc
-from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
 from services.echo.servicer import EchoServicer
 from services.serving import add_health, bind_and_start, new_server
+
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 DEFAULT_PORT: Final = 50052
 SERVICE_NAME: Final = echo_pb2.DESCRIPTOR.services_by_name["EchoService"].full_name

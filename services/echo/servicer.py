@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any, Final, NoReturn, TypeAlias
 
 import grpc
-from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from services.echo.metadata import map_to_metadata, metadata_to_map
 from services.echo.stats import CallStats, counted
+
+from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 

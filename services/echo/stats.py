@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
+
 from demo.echo.v1 import echo_pb2
 
 

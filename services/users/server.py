@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Final
 
 import grpc
-from demo.users.v1 import users_pb2, users_pb2_grpc
 
 from services.serving import add_health, bind_and_start, new_server
 from services.users.servicer import UserServicer
+
+from demo.users.v1 import users_pb2, users_pb2_grpc
 
 DEFAULT_PORT: Final = 50051
 SERVICE_NAME: Final = users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name

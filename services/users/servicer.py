@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
-from demo.users.v1 import users_pb2, users_pb2_grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from services.users.listing import ListingError, list_page
 from services.users.store import ID_PATTERN, UserDirectory, resource_name
 from services.users.update import MaskError, apply_update
+
+from demo.users.v1 import users_pb2, users_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 

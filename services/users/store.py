@@ -6,9 +6,10 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
+
 from demo.users.v1 import users_pb2
 from demo.users.v1.users_pb2 import User
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
 
 # Ids become part of the resource name "users/{id}", so a slash or a space would break the
 # path templates that route on it.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from demo.users.v1 import users_pb2
 from google.protobuf import descriptor, field_mask_pb2
+
+from demo.users.v1 import users_pb2
 
 # Set by the server, never by an update.
 OUTPUT_ONLY: Final = frozenset({"name", "id", "create_time", "update_time"})
