@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 GEN    := services/_gen/.stamp
 PROTOS := $(shell find protos bench/protos -name "*.proto" 2>/dev/null)
 
-.PHONY: install chromium run test bench lint clean
+.PHONY: install chromium run test bench bench-tools lint clean
 
 install: $(STAMP) $(GEN)
 
@@ -29,16 +29,22 @@ $(GEN): $(STAMP) $(PROTOS)
 run: install
 	$(PY) -m services.run
 
-test: install chromium
+test: install chromium bench-tools
 	$(PY) -m pytest
 
-bench: install
+bench: install bench-tools
 	$(PY) -m bench
+
+# The load generators `make bench` and tests/test_bench.py drive: Debian's wrk (HTTP/1.1) and
+# h2load from nghttp2-client (HTTP/2, direct gRPC calls). Needs root, as on CI.
+bench-tools:
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends wrk nghttp2-client)
 
 lint: install
 	$(PY) -m pip install --quiet ruff mypy
-	$(PY) -m ruff check bridge services tests
-	$(PY) -m mypy bridge
+	$(PY) -m ruff check bridge services tests bench
+	$(PY) -m mypy bridge bench
 
 clean:
 	rm -rf $(VENV) services/_gen .pytest_cache

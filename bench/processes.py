@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-BENCH_PROTO: Final = ROOT / "protos" / "demo" / "bench" / "v1" / "bench.proto"
+BENCH_PROTO: Final = ROOT / "bench" / "protos" / "demo" / "bench" / "v1" / "bench.proto"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 READY_SECONDS: Final = 60.0
 STOP_SECONDS: Final = 10.0

@@ -148,7 +148,9 @@ async def start(
         max_line_size=field_size,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    # A deep accept queue: browsers open many WebSockets at once, and aiohttp's default of 128
+    # overflows, leaving clients to retry their SYN a second later.
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=4096)
     await site.start()
     server = cast(asyncio.Server, site._server)  # aiohttp exposes the bound socket only here
     return runner, server.sockets[0].getsockname()[1]

@@ -323,3 +323,14 @@ async def test_body_just_under_max_body_is_served(small_bridge: Bridge) -> None:
     status, body, _ = await call(small_bridge, "POST", ECHO, data=data)
     assert status == 200, body
     assert len(body["message"]) == 1024 - len(b'{"message": ""}')
+
+
+async def test_unpaired_surrogate_in_a_string_is_a_400(demo):
+    body = b'{"message": "ok \\ud800 then"}'
+    status, error, _ = await demo.json(
+        "POST", "/v1/echo", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert status == 400 and error["code"] == 3
+    assert "surrogate" in error["message"].lower()
+    status, reply, _ = await demo.json("POST", "/v1/echo", json={"message": "naïve ✓ 😀"})
+    assert status == 200 and reply["request"]["message"] == "naïve ✓ 😀"

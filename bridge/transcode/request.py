@@ -8,6 +8,7 @@ object to ``json_format.ParseDict``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -39,6 +40,34 @@ from bridge.transcode.fields import (
 )
 
 _QUERY_CACHE_MAX: Final = 256
+
+
+class _SurrogateCheck:
+    """json_format's unpaired-surrogate test, answered without its regex when it cannot match.
+
+    The regex costs about 55 ns a character (1 ms for a 16 KiB string) on every string field.
+    ASCII text, and any text that encodes as UTF-8, holds no surrogate at all, so only text
+    that fails to encode still goes through the regex, which then decides as before.
+    """
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def search(self, value: str) -> re.Match[str] | None:
+        if not isinstance(value, str):
+            return self.pattern.search(value)  # the TypeError json_format reports as before
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return self.pattern.search(value)
+        return None
+
+
+_PATTERN = getattr(json_format, "_UNPAIRED_SURROGATE_PATTERN", None)
+if isinstance(_PATTERN, re.Pattern):
+    json_format._UNPAIRED_SURROGATE_PATTERN = _SurrogateCheck(_PATTERN)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, eq=False)

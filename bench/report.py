@@ -1,0 +1,137 @@
+"""The bench's output: machine facts, the results table, the targets, and results.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+Result = dict[str, Any]
+
+NOT_RUN: Final = ("rest_unary_with_policies_c16: not run - auth and rate limits (SPEC section 6) "
+                  "are not implemented yet")  # fmt: skip
+
+
+def machine_facts(tools: str, workers: int) -> dict[str, Any]:
+    """What the numbers depend on: CPUs, kernel, Python, uvloop, load, tools, workers."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": importlib.util.find_spec("uvloop") is not None,
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "tools": tools, "bridge_workers": workers,
+    }  # fmt: skip
+
+
+def print_machine(facts: dict[str, Any]) -> None:
+    print(f"machine: {facts['cpus']} CPUs ({facts['cpu_model']}), Linux {facts['kernel']}, "
+          f"Python {facts['python']}, bridge uvloop {'on' if facts['uvloop'] else 'off'}, "
+          f"bridge workers {facts['bridge_workers']}")  # fmt: skip
+    print(f"         load average at start {facts['loadavg']}; {facts['tools']}; all on loopback")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the lead's targets, checked against one scenario's result."""
+
+    scenario: str  # the name, or its prefix for ws_idle_<n>
+    text: str
+    check: Callable[[Result], bool]
+    applies: Callable[[Result], bool] = lambda r: True
+
+
+TARGETS: Final = (
+    Target("rest_unary_c16", "ratio_to_direct >= 0.65",
+           lambda r: (r["ratio_to_direct"] or 0) >= 0.65),
+    Target("rest_unary_c16", "cpu_us_per_req <= 150",
+           lambda r: r["cpu_us_per_req"] is not None and r["cpu_us_per_req"] <= 150),
+    Target("rest_unary_c1", "added_p50_ms <= 0.5",
+           lambda r: r.get("added_p50_ms") is not None and r["added_p50_ms"] <= 0.5),
+    Target("ws_stream_1_socket", "messages/s >= 20000", lambda r: (r["rps"] or 0) >= 20000),
+    Target("ws_stream_100_sockets", "messages/s >= 20000", lambda r: (r["rps"] or 0) >= 20000),
+    Target("ws_idle_", "5000 held, bridge_rss_mib <= 500",
+           lambda r: r.get("connections_held", 0) >= 5000 and r["bridge_rss_mib"] <= 500,
+           lambda r: int(r["scenario"].rsplit("_", 1)[1]) >= 5000),
+)  # fmt: skip
+
+
+def check_targets(results: list[Result]) -> list[str]:
+    """Mark each targeted result with ``target``/``meets_target``; one line per target."""
+    lines = []
+    for target in TARGETS:
+        for r in results:
+            if r["scenario"] == target.scenario or (
+                target.scenario.endswith("_") and r["scenario"].startswith(target.scenario)
+            ):
+                if not target.applies(r):
+                    lines.append(f"  n/a   {r['scenario']}: {target.text} (fewer asked for)")
+                    continue
+                ok = r.get("rps") is not None and target.check(r)
+                r["target"] = f"{r['target']}; {target.text}" if "target" in r else target.text
+                r["meets_target"] = r.get("meets_target", True) and ok
+                lines.append(f"  {'PASS' if ok else 'FAIL'}  {r['scenario']}: {target.text}")
+    return lines
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _note(r: Result) -> str:
+    """The short remark on a row: what rps counts, latency added, RSS, errors."""
+    parts = []
+    if "error" in r:
+        return f"FAILED: {r['error']}"[:120]
+    if r.get("unit") == "message":
+        parts.append(f"msgs/s on {r['connections']} conn")
+    if r["scenario"].startswith("ws_idle"):
+        parts.append(f"conn/s; RSS {_fmt(r['bridge_rss_mib'])} MiB (before "
+                     f"{_fmt(r['bridge_rss_before_mib'])}), {r['connections_held']} held, "
+                     f"echo {r['echo_ok']}")  # fmt: skip
+    if "added_p50_ms" in r:
+        parts.append(f"{r['added_p50_ms']:+.3f} ms p50 vs direct")
+    if "message" in r and "16384" in str(r["message"]):
+        parts.append("16 KiB text")
+    if r.get("errors"):
+        parts.append(f"{r['errors']} errors")
+    parts += [str(n) for n in r.get("notes", [])]
+    return "; ".join(parts)
+
+
+def print_table(results: list[Result]) -> None:
+    """The results as an aligned table, then what was not run."""
+    head = (f"{'scenario':<28} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'bridge':>8} "
+            f"{'backend':>8} {'ratio':>6}  notes")  # fmt: skip
+    print()
+    print(f"{'':<28} {'':>10} {'':>8} {'':>8} {'us/req':>8} {'us/req':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r['scenario']:<28} {_fmt(r.get('rps')):>10} {_fmt(r.get('p50_ms'), 2):>8} "
+              f"{_fmt(r.get('p99_ms'), 2):>8} {_fmt(r.get('cpu_us_per_req')):>8} "
+              f"{_fmt(r.get('backend_cpu_us_per_req')):>8} "
+              f"{_fmt(r.get('ratio_to_direct'), 2):>6}  {_note(r)}")  # fmt: skip
+    print(f"({NOT_RUN})")
+
+
+def write_json(results: list[Result], path: Path) -> None:
+    """results.json: a list of scenario objects."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")

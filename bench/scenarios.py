@@ -1,0 +1,251 @@
+"""The scenarios of SPEC section 9, each measured side by side with its direct gRPC baseline.
+
+Every scenario becomes one result object with the SPEC keys (``scenario``, ``rps``, ``p50_ms``,
+``p99_ms``, ``cpu_us_per_req``, ``ratio_to_direct``) and extra keys. CPU per request is the
+bridge's utime+stime over the run divided by the requests (messages, connections) served, the
+number that does not depend on how busy the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from bench import load, ws
+from bench.load import LoadRun
+from bench.processes import Service, cpu_seconds, open_files_limit, rss_mib
+
+T = TypeVar("T")
+Result = dict[str, Any]
+SMALL: Final = "hello"
+LARGE: Final = "x" * 16384  # 16 KiB of ASCII text: 16,384 bytes in proto and in JSON alike
+CONCURRENCY: Final = 16
+WS_HANDSHAKES_AT_ONCE: Final = 200
+
+
+@dataclass
+class Plan:
+    """How long and how much each scenario runs."""
+
+    duration: int  # seconds per load-tool run
+    stream_messages: int  # per streaming scenario, over all sockets
+    idle_sockets: int
+    hold_seconds: float
+    warmup: int = 1
+
+
+@dataclass
+class Usage:
+    """CPU seconds spent during one measured run."""
+
+    bridge: float
+    backend: float
+    loadgen: float  # the load tool, or the bench's own WebSocket client
+
+
+class Meter:
+    """Reads the CPU time of the bridge, the backend and the load generator around a run."""
+
+    def __init__(self, bridge: Service, backend: Service) -> None:
+        self.bridge, self.backend = bridge, backend
+        self._at: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def _now(self) -> tuple[float, float, float]:
+        mine = resource.getrusage(resource.RUSAGE_SELF)
+        tools = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished load tools only
+        client = mine.ru_utime + mine.ru_stime + tools.ru_utime + tools.ru_stime
+        return cpu_seconds(self.bridge.pid), cpu_seconds(self.backend.pid), client
+
+    def start(self) -> None:
+        self._at = self._now()
+
+    def stop(self) -> Usage:
+        now = self._now()
+        return Usage(*(b - a for a, b in zip(self._at, now, strict=True)))
+
+    def around(self, run: Callable[[], T]) -> tuple[T, Usage]:
+        """Run and return its result with the CPU it cost each process."""
+        self.start()
+        result = run()
+        return result, self.stop()
+
+
+def _per(seconds: float, count: int) -> float | None:
+    """Microseconds of CPU per item, one decimal."""
+    return round(seconds * 1e6 / count, 1) if count > 0 else None
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class Scenarios:
+    """The scenario runs against one bridge and one backend, in a scratch folder."""
+
+    def __init__(self, bridge: Service, backend: Service, workdir: Path, plan: Plan) -> None:
+        self.bridge, self.backend, self.workdir, self.plan = bridge, backend, workdir, plan
+        self.meter = Meter(bridge, backend)
+        self.bridge_url = f"http://127.0.0.1:{bridge.port}"
+        self.backend_url = f"http://127.0.0.1:{backend.port}"
+        self.scripts = {
+            "small": load.wrk_script(workdir, "small", {"message": SMALL}),
+            "16k": load.wrk_script(workdir, "16k", {"message": LARGE}),
+        }
+
+    # --- unary --------------------------------------------------------------------------
+
+    def _grpc_body(self, name: str, message: str, count: int = 0) -> tuple[Path, int]:
+        frame = load.grpc_frame(message, count)
+        path = self.workdir / f"{name}.grpc"
+        path.write_bytes(frame)
+        return path, len(frame)
+
+    def direct_unary(self, message: str, connections: int, duration: int) -> LoadRun:
+        body, size = self._grpc_body("unary", message)
+        url = self.backend_url + load.ECHO_PATH
+        return load.h2load(url, body, connections, self.workdir, duration=duration,
+                           response_bytes=size)  # fmt: skip
+
+    def rest_unary(self, size: str, connections: int, duration: int) -> LoadRun:
+        return load.wrk(self.bridge_url + load.REST_ECHO_PATH, self.scripts[size], connections,
+                        duration)  # fmt: skip
+
+    def warm_up(self) -> None:
+        """Short unmeasured runs: connections, channels and caches settle before measuring."""
+        w = self.plan.warmup
+        self.direct_unary(SMALL, CONCURRENCY, w)
+        self.rest_unary("small", CONCURRENCY, w)
+        self.rest_unary("16k", CONCURRENCY, w)
+
+    def unary_pair(self, size: str, connections: int) -> list[Result]:
+        """A direct gRPC run, then the same load as REST through the bridge, same length."""
+        message = SMALL if size == "small" else LARGE
+        tag = "" if size == "small" else "_16k"
+        d = self.plan.duration
+        direct, du = self.meter.around(lambda: self.direct_unary(message, connections, d))
+        rest, ru = self.meter.around(lambda: self.rest_unary(size, connections, d))
+        base_name = f"direct_grpc_unary{tag}_c{connections}"
+        base = _load_result(base_name, direct, du, bridge=False, ratio=1.0)
+        base["message"] = _describe(message)
+        out = _load_result(f"rest_unary{tag}_c{connections}", rest, ru, bridge=True,
+                           ratio=_r(rest.rps / direct.rps) if direct.rps else None)  # fmt: skip
+        out.update(baseline=base_name, baseline_rps=base["rps"], message=_describe(message))
+        if direct.p50_ms is not None and rest.p50_ms is not None:
+            out["added_p50_ms"] = _r(rest.p50_ms - direct.p50_ms)
+        if direct.p99_ms is not None and rest.p99_ms is not None:
+            out["added_p99_ms"] = _r(rest.p99_ms - direct.p99_ms)
+        return [base, out]
+
+    # --- WebSocket server streaming -----------------------------------------------------
+
+    def direct_stream(self, sockets: int) -> Result:
+        """h2load makes ``sockets`` Stream calls at once, one per HTTP/2 connection."""
+        per = self.plan.stream_messages // sockets
+        body, size = self._grpc_body(f"stream{sockets}", SMALL, per)
+        url = self.backend_url + load.STREAM_PATH
+        run, usage = self.meter.around(lambda: load.h2load(
+            url, body, sockets, self.workdir, requests=sockets, response_bytes=per * size))
+        messages = run.requests * per
+        result = _rate_result(f"direct_grpc_stream_{sockets}", messages, run.seconds, usage,
+                              bridge=False, ratio=1.0)  # fmt: skip
+        result.update(connections=sockets, errors=run.errors, tool="h2load", notes=run.notes)
+        return result
+
+    async def ws_stream(self, sockets: int, baseline: Result) -> Result:
+        """The same Stream calls over ``sockets`` WebSockets through the bridge."""
+        per = self.plan.stream_messages // sockets
+        async with ws.client_session() as session:
+            conns = await asyncio.gather(
+                *(ws.connect(session, self.bridge_url + "/ws") for _ in range(sockets))
+            )
+            try:
+                self.meter.start()
+                run = await ws.stream(conns, per, SMALL)
+                usage = self.meter.stop()
+            finally:
+                await asyncio.gather(*(c.close() for c in conns))
+        name = "ws_stream_1_socket" if sockets == 1 else f"ws_stream_{sockets}_sockets"
+        base_rate = baseline.get("messages_per_s") or 0
+        result = _rate_result(name, run.messages, run.seconds, usage, bridge=True,
+                              ratio=_r(run.rate / base_rate) if base_rate else None)  # fmt: skip
+        result.update(connections=sockets, baseline=baseline["scenario"], tool="bench.ws",
+                      first_message_p50_ms=_r(load.percentile(run.first_message_ms, 50)))
+        return result
+
+    # --- idle WebSockets ----------------------------------------------------------------
+
+    async def ws_idle(self, wanted: int, limit_note: str | None) -> Result:
+        """Open ``wanted`` sockets, hold them, read the bridge's RSS, prove they work, close."""
+        before = rss_mib(self.bridge.pid)
+        async with ws.client_session() as session:
+            self.meter.start()
+            opened = await ws.open_idle(session, self.bridge_url + "/ws", wanted,
+                                        WS_HANDSHAKES_AT_ONCE)  # fmt: skip
+            usage = self.meter.stop()
+            try:
+                await asyncio.sleep(self.plan.hold_seconds)
+                held = rss_mib(self.bridge.pid)
+                alive = [s for s in opened.sockets if not s.ws.closed]
+                sample = alive[:: max(1, len(alive) // 10)][:10]
+                echoes = await asyncio.gather(*(s.echo(1) for s in sample), return_exceptions=True)
+            finally:
+                await ws.close_all(opened.sockets, WS_HANDSHAKES_AT_ONCE)
+        n = len(opened.sockets)
+        result: Result = {
+            "scenario": f"ws_idle_{self.plan.idle_sockets}",
+            "rps": _r(n / opened.seconds if opened.seconds else 0.0, 1),
+            "p50_ms": _r(load.percentile(opened.handshake_ms, 50)),
+            "p99_ms": _r(load.percentile(opened.handshake_ms, 99)),
+            "cpu_us_per_req": _per(usage.bridge, n),
+            "ratio_to_direct": None,
+            "unit": "connection (rps: upgrades/s while opening; p50/p99: upgrade latency)",
+            "connections": n, "connections_wanted": self.plan.idle_sockets,
+            "connections_attempted": wanted, "connections_held": len(alive),
+            "bridge_rss_mib": _r(held, 1), "bridge_rss_before_mib": _r(before, 1),
+            "bridge_rss_per_connection_kib": _r((held - before) * 1024 / n, 1) if n else None,
+            "bridge_open_files_limit": open_files_limit(self.bridge.pid),
+            "echo_ok": f"{sum(e is True for e in echoes)}/{len(sample)}",
+            "failures": dict(opened.failures),
+            "loadgen_cpu_us_per_req": _per(usage.loadgen, n), "tool": "bench.ws",
+        }  # fmt: skip
+        notes = [f"{c} x {k}" for k, c in opened.failures.items()]
+        if limit_note:
+            notes.append(limit_note)
+        result["notes"] = notes
+        return result
+
+
+def _describe(message: str) -> str:
+    return f"{len(message)} bytes of text" if message != SMALL else f"text {message!r}"
+
+
+def _load_result(name: str, run: LoadRun, usage: Usage, *, bridge: bool,
+                 ratio: float | None) -> Result:
+    """A result object for one wrk/h2load run."""
+    n = run.requests
+    return {
+        "scenario": name, "rps": _r(run.rps, 1), "p50_ms": _r(run.p50_ms),
+        "p99_ms": _r(run.p99_ms), "cpu_us_per_req": _per(usage.bridge, n) if bridge else None,
+        "ratio_to_direct": ratio, "connections": run.connections, "requests": n,
+        "seconds": _r(run.seconds, 2), "errors": run.errors,
+        "backend_cpu_us_per_req": _per(usage.backend, n),
+        "loadgen_cpu_us_per_req": _per(usage.loadgen, n), "tool": run.tool, "notes": run.notes,
+    }  # fmt: skip
+
+
+def _rate_result(name: str, messages: int, seconds: float, usage: Usage, *, bridge: bool,
+                 ratio: float | None) -> Result:
+    """A result object for streamed messages (rps is messages per second)."""
+    rate = messages / seconds if seconds > 0 else 0.0
+    return {
+        "scenario": name, "rps": _r(rate, 1), "p50_ms": None, "p99_ms": None,
+        "cpu_us_per_req": _per(usage.bridge, messages) if bridge else None,
+        "ratio_to_direct": ratio, "unit": "message", "messages": messages,
+        "messages_per_s": _r(rate, 1), "seconds": _r(seconds, 3),
+        "backend_cpu_us_per_req": _per(usage.backend, messages),
+        "loadgen_cpu_us_per_req": _per(usage.loadgen, messages),
+    }  # fmt: skip

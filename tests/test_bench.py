@@ -1,0 +1,103 @@
+"""The benchmark suite (SPEC section 9): ``python -m bench --quick`` end to end, and its parsers.
+
+The end-to-end run starts a real backend and bridge and real wrk/h2load processes (``make
+test`` installs them through ``bench-tools``); it checks the shape of results.json, not speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.load import parse_h2load, parse_wrk, percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_KEYS = {"scenario", "rps", "p50_ms", "p99_ms", "cpu_us_per_req", "ratio_to_direct"}
+SCENARIOS = [
+    "direct_grpc_unary_c16", "rest_unary_c16", "direct_grpc_unary_c1", "rest_unary_c1",
+    "direct_grpc_unary_16k_c16", "rest_unary_16k_c16", "direct_grpc_stream_1",
+    "ws_stream_1_socket", "direct_grpc_stream_100", "ws_stream_100_sockets", "ws_idle_1000",
+]  # fmt: skip
+THROUGH_BRIDGE = [s for s in SCENARIOS if not s.startswith("direct_")]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@pytest.mark.timeout(150)
+def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=140, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["scenario"] for r in results] == SCENARIOS
+    for r in results:
+        assert SPEC_KEYS <= r.keys(), r
+        assert _number(r["rps"]) and r["rps"] > 0, r
+        assert "error" not in r and not r.get("errors"), r
+    by_name = {r["scenario"]: r for r in results}
+    for name in THROUGH_BRIDGE:
+        assert _number(by_name[name]["cpu_us_per_req"]) and by_name[name]["cpu_us_per_req"] > 0
+    for name in ("rest_unary_c16", "rest_unary_c1", "rest_unary_16k_c16"):
+        r = by_name[name]
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["ratio_to_direct"] > 0, r
+        assert r["baseline"] == name.replace("rest_", "direct_grpc_"), r
+    assert _number(by_name["rest_unary_c1"]["added_p50_ms"])
+    idle = by_name["ws_idle_1000"]
+    assert idle["connections_held"] == 1000 and idle["echo_ok"] == "10/10", idle
+    assert idle["bridge_rss_mib"] > idle["bridge_rss_before_mib"] > 0, idle
+    assert "not implemented yet" in run.stdout  # scenario 6 is named as not run
+    assert "machine: " in run.stdout and "targets:" in run.stdout
+
+
+WRK_OUTPUT = """\
+Running 3s test @ http://127.0.0.1:50998/v1/bench/echo
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    20.79ms   23.07ms 212.92ms   91.30%
+    Req/Sec     0.97k   459.94     1.46k    70.00%
+  Latency Distribution
+     50%  850.00us
+     75%   18.27ms
+     90%   38.07ms
+     99%    1.31s
+  2918 requests in 3.04s, 658.26KB read
+  Non-2xx or 3xx responses: 18
+Requests/sec:    958.59
+"""
+
+H2LOAD_OUTPUT = """\
+finished in 3.02s, 1381.33 req/s, 93.20KB/s
+requests: 4144 total, 4160 started, 4144 done, 4140 succeeded, 4 failed, 0 errored, 0 timeout
+traffic: 279.61KB (286323) total, 13.31KB (13632) headers (space savings 95.94%), \
+36.42KB (37260) data
+"""
+
+
+def test_parse_wrk_reads_rate_latency_units_and_errors() -> None:
+    run = parse_wrk(WRK_OUTPUT, 16)
+    assert (run.requests, run.errors, run.seconds) == (2900, 18, 3.04)
+    assert run.p50_ms == pytest.approx(0.85) and run.p99_ms == pytest.approx(1310)
+
+
+def test_parse_h2load_uses_its_log_for_latency_and_checks_grpc_bytes() -> None:
+    log = "".join(f"{1_000_000 + i}\t200\t{1000 + i}\n" for i in range(100))
+    run = parse_h2load(H2LOAD_OUTPUT, log, 16, duration=3, response_bytes=9)
+    assert (run.requests, run.errors, run.seconds) == (4140, 4, 3.0)
+    assert run.p50_ms == pytest.approx(1.049) and run.p99_ms == pytest.approx(1.098)
+    short = parse_h2load(H2LOAD_OUTPUT, log, 16, duration=3, response_bytes=10)
+    assert short.requests == 0 and short.notes  # replies too short: gRPC errors, not echoes
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
