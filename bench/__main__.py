@@ -30,13 +30,17 @@ FD_MARGIN = 256  # descriptors the bench needs besides the idle sockets
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="short runs (for a test)")
     parser.add_argument("--workers", type=int, default=1, help="passed to `bridge serve`")
     parser.add_argument("--duration", type=int, help="seconds per load-tool run (10; quick 2)")
-    parser.add_argument("--stream-messages", type=int,
-                        help="messages per streaming scenario (50000; quick 5000)")
+    parser.add_argument(
+        "--stream-messages", type=int, help="messages per streaming scenario (50000; quick 5000)"
+    )
     parser.add_argument("--idle", type=int, help="idle WebSockets to hold (5000; quick 1000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json path")
     args = parser.parse_args(argv)
@@ -86,8 +90,9 @@ def _failed(names: Sequence[str], error: str) -> list[Result]:
             for n in names]  # fmt: skip
 
 
-def run_scenarios(s: Scenarios, plan: Plan, services: Sequence[Service],
-                  fd_room: tuple[int, str | None]) -> list[Result]:
+def run_scenarios(
+    s: Scenarios, plan: Plan, services: Sequence[Service], fd_room: tuple[int, str | None]
+) -> list[Result]:
     """Every scenario in order; a failed one is recorded and the rest still run."""
     wanted, limit_note = fd_room
     c = CONCURRENCY

@@ -94,8 +94,16 @@ def _run(cmd: list[str], timeout: float) -> str:
 # --- h2load -----------------------------------------------------------------------------
 
 
-def h2load(url: str, body: Path, connections: int, workdir: Path, *, duration: int = 0,
-           requests: int = 0, response_bytes: int = 0) -> LoadRun:
+def h2load(
+    url: str,
+    body: Path,
+    connections: int,
+    workdir: Path,
+    *,
+    duration: int = 0,
+    requests: int = 0,
+    response_bytes: int = 0,
+) -> LoadRun:
     """POST body (a gRPC frame) over h2c, 1 stream per connection, for duration s or N calls.
 
     h2load cannot see grpc-status, so a run whose DATA bytes fall short of ``response_bytes``
@@ -112,8 +120,9 @@ def h2load(url: str, body: Path, connections: int, workdir: Path, *, duration: i
     return parse_h2load(out, log.read_text(), connections, duration, response_bytes)
 
 
-def parse_h2load(out: str, log: str, connections: int, duration: int = 0,
-                 response_bytes: int = 0) -> LoadRun:
+def parse_h2load(
+    out: str, log: str, connections: int, duration: int = 0, response_bytes: int = 0
+) -> LoadRun:
     """h2load's summary plus its per-request log (start µs, status, duration µs) -> LoadRun."""
     counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                        r"(\d+) failed, (\d+) errored, (\d+) timeout", out)  # fmt: skip
@@ -127,8 +136,15 @@ def parse_h2load(out: str, log: str, connections: int, duration: int = 0,
     ends = [int(r[0]) + int(r[2]) for r in ok]
     latencies = [int(r[2]) / 1000 for r in ok]
     seconds = _h2load_seconds(out, duration, starts, ends)
-    run = LoadRun("h2load", connections, succeeded, seconds, percentile(latencies, 50),
-                  percentile(latencies, 99), done - succeeded)
+    run = LoadRun(
+        "h2load",
+        connections,
+        succeeded,
+        seconds,
+        percentile(latencies, 50),
+        percentile(latencies, 99),
+        done - succeeded,
+    )
     if response_bytes and int(data.group(1)) < succeeded * response_bytes:
         run.notes.append(f"only {data.group(1)} bytes of gRPC replies for {succeeded} calls")
         run.errors, run.requests = run.errors + succeeded, 0

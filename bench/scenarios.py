@@ -147,8 +147,11 @@ class Scenarios:
         per = self.plan.stream_messages // sockets
         body, size = self._grpc_body(f"stream{sockets}", SMALL, per)
         url = self.backend_url + load.STREAM_PATH
-        run, usage = self.meter.around(lambda: load.h2load(
-            url, body, sockets, self.workdir, requests=sockets, response_bytes=per * size))
+        run, usage = self.meter.around(
+            lambda: load.h2load(
+                url, body, sockets, self.workdir, requests=sockets, response_bytes=per * size
+            )
+        )
         messages = run.requests * per
         result = _rate_result(f"direct_grpc_stream_{sockets}", messages, run.seconds, usage,
                               bridge=False, ratio=1.0)  # fmt: skip
@@ -172,8 +175,12 @@ class Scenarios:
         base_rate = baseline.get("messages_per_s") or 0
         result = _rate_result(name, run.messages, run.seconds, usage, bridge=True,
                               ratio=_r(run.rate / base_rate) if base_rate else None)  # fmt: skip
-        result.update(connections=sockets, baseline=baseline["scenario"], tool="bench.ws",
-                      first_message_p50_ms=_r(load.percentile(run.first_message_ms, 50)))
+        result.update(
+            connections=sockets,
+            baseline=baseline["scenario"],
+            tool="bench.ws",
+            first_message_p50_ms=_r(load.percentile(run.first_message_ms, 50)),
+        )
         return result
 
     # --- idle WebSockets ----------------------------------------------------------------
@@ -223,8 +230,9 @@ def _describe(message: str) -> str:
     return f"{len(message)} bytes of text" if message != SMALL else f"text {message!r}"
 
 
-def _load_result(name: str, run: LoadRun, usage: Usage, *, bridge: bool,
-                 ratio: float | None) -> Result:
+def _load_result(
+    name: str, run: LoadRun, usage: Usage, *, bridge: bool, ratio: float | None
+) -> Result:
     """A result object for one wrk/h2load run."""
     n = run.requests
     return {
@@ -237,8 +245,9 @@ def _load_result(name: str, run: LoadRun, usage: Usage, *, bridge: bool,
     }  # fmt: skip
 
 
-def _rate_result(name: str, messages: int, seconds: float, usage: Usage, *, bridge: bool,
-                 ratio: float | None) -> Result:
+def _rate_result(
+    name: str, messages: int, seconds: float, usage: Usage, *, bridge: bool, ratio: float | None
+) -> Result:
     """A result object for streamed messages (rps is messages per second)."""
     rate = messages / seconds if seconds > 0 else 0.0
     return {

@@ -63,8 +63,9 @@ async def connect(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWeb
     return ws
 
 
-async def stream_call(ws: aiohttp.ClientWebSocketResponse, call_id: int, count: int,
-                      message: str) -> tuple[int, float]:
+async def stream_call(
+    ws: aiohttp.ClientWebSocketResponse, call_id: int, count: int, message: str
+) -> tuple[int, float]:
     """Start one Stream call of count messages; read to its status: (messages, first ms).
 
     Frames are told apart by their first bytes (``{"id":N,"message"``), not parsed: the
@@ -95,8 +96,9 @@ async def stream_call(ws: aiohttp.ClientWebSocketResponse, call_id: int, count: 
             raise BenchError(f"unexpected frame on a Stream call: {data[:200]}")
 
 
-async def stream(sockets: Sequence[aiohttp.ClientWebSocketResponse], per_socket: int,
-                 message: str) -> StreamRun:
+async def stream(
+    sockets: Sequence[aiohttp.ClientWebSocketResponse], per_socket: int, message: str
+) -> StreamRun:
     """One Stream call of per_socket messages on each socket, all at once."""
     t0 = time.perf_counter()
     results = await asyncio.gather(
@@ -149,8 +151,7 @@ class Opened:
     failures: Counter[str]
 
 
-async def open_idle(session: aiohttp.ClientSession, url: str, n: int,
-                    concurrency: int) -> Opened:
+async def open_idle(session: aiohttp.ClientSession, url: str, n: int, concurrency: int) -> Opened:
     """Open n sockets, at most ``concurrency`` handshakes at a time; failures are counted."""
     gate = asyncio.Semaphore(concurrency)
     sockets: list[IdleSocket] = []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final, cast
 
@@ -61,7 +63,7 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
     sockets = WebSocketGateway(settings, registry, upstreams)
     registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0])
     app[REGISTRAR] = registrar
-    app.on_startup.append(lambda _: registrar.restore())
+    app.cleanup_ctx.append(lambda _: _registrations(registrar))
     if settings.admin_token:
         AdminApi(settings.admin_token, registrar, settings.limits.admin_max_body).add_routes(
             app.router
@@ -76,6 +78,16 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
     app.on_shutdown.append(lambda _: sockets.shutdown())
     app.on_cleanup.append(_close_upstreams)
     return app
+
+
+async def _registrations(registrar: Registrar) -> AsyncIterator[None]:
+    """Restore stored registrations before listening, then follow the store until shutdown."""
+    await registrar.restore()
+    watcher = asyncio.create_task(registrar.watch())
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
 
 
 def _guarded(handler):  # type: ignore[no-untyped-def]

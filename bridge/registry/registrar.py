@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -77,56 +77,91 @@ class Registrar:
                     log.warning("reflection of upstream '%s' failed: %s", name, exc.message)
 
     async def _restore_registrations(self, pending: list[Registration]) -> None:
-        """Register stored entries in passes: one may import a file that a later one uploaded."""
-        while pending:
-            failed: list[tuple[Registration, BridgeError]] = []
-            for registration in pending:
-                try:
-                    await self.register(registration, persist=False)
-                except BridgeError as exc:
-                    failed.append((registration, exc))
-            if len(failed) == len(pending):  # no progress: what is left cannot be restored
-                for registration, error in failed:
-                    name = registration.name
-                    log.error("protos.store: skipping registration '%s': %s", name, error.message)
-                return
-            pending = [registration for registration, _ in failed]
+        await _in_passes(pending, lambda r: self.register(r, persist=False))
 
     async def register(
         self, registration: Registration, *, persist: bool = True
     ) -> tuple[bool, Snapshot]:
         """Compile and serve a registration: (replaced, snapshot), or a BridgeError if refused."""
+        upstream, protos = await self._prepare(registration)
+        async with self._lock:
+            return await self._apply(registration, upstream, protos, persist)
+
+    async def _prepare(self, registration: Registration) -> tuple[str, ProtoSet]:
         _check_registration(registration)
         upstream = self._upstream_name(registration)
-        protos = await self._compile(registration, upstream)
-        async with self._lock:
-            previous = self.entries.get(registration.name)
-            self._check_importers(registration.name, registration.files)
-            entries = {**self.entries, registration.name: Entry(registration, protos)}
-            snapshot = await self._build(entries, self.reflected)
-            if registration.targets:
-                self.upstreams.replace(_owned_upstream(registration, upstream))
-            elif previous is not None and previous.registration.targets:
-                self.upstreams.discard(f"registration:{registration.name}")
-            if persist:
-                await asyncio.to_thread(self.store.save, registration)
-            self.entries = entries
-            self.registry.snapshot = snapshot
+        return upstream, await self._compile(registration, upstream)
+
+    async def _apply(
+        self, registration: Registration, upstream: str, protos: ProtoSet, persist: bool
+    ) -> tuple[bool, Snapshot]:
+        """Swap in a snapshot with this registration; the caller holds the lock."""
+        previous = self.entries.get(registration.name)
+        self._check_importers(registration.name, registration.files)
+        entries = {**self.entries, registration.name: Entry(registration, protos)}
+        snapshot = await self._build(entries, self.reflected)
+        if registration.targets:
+            self.upstreams.replace(_owned_upstream(registration, upstream))
+        elif previous is not None and previous.registration.targets:
+            self.upstreams.discard(f"registration:{registration.name}")
+        if persist:
+            await asyncio.to_thread(self.store.save, registration)
+        self.entries = entries
+        self.registry.snapshot = snapshot
         return previous is not None, snapshot
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Follow registrations other processes write to the same store (``--workers N``)."""
+        seen = await asyncio.to_thread(self.store.signature)
+        while True:
+            await asyncio.sleep(interval)
+            current = await asyncio.to_thread(self.store.signature)
+            if current != seen:
+                seen = current
+                await self.sync()
+
+    async def sync(self) -> None:
+        """Make the live registrations match the store: add, replace and drop as it says.
+
+        All under the lock, store read included, so a registration this process is applying
+        at the same time lands after the sync and is never overwritten by an older file.
+        """
+        async with self._lock:
+            stored = {r.name: r for r in await asyncio.to_thread(self.store.load)}
+            changed = [r for name, r in stored.items() if self._registration(name) != r]
+            await _in_passes(changed, self._apply_stored)
+            for name in [n for n in self.entries if n not in stored]:
+                try:
+                    await self._remove(name, persist=False)
+                except BridgeError as exc:
+                    log.error("protos.store: cannot drop registration '%s': %s", name, exc.message)
+
+    async def _apply_stored(self, registration: Registration) -> object:
+        upstream, protos = await self._prepare(registration)
+        return await self._apply(registration, upstream, protos, persist=False)
+
+    def _registration(self, name: str) -> Registration | None:
+        entry = self.entries.get(name)
+        return entry.registration if entry is not None else None
 
     async def remove(self, name: str) -> None:
         async with self._lock:
-            entry = self.entries.get(name)
-            if entry is None:
-                raise BridgeError(errors.NOT_FOUND, f"no registration named '{name}'")
-            self._check_importers(name, ())
-            entries = {k: v for k, v in self.entries.items() if k != name}
-            snapshot = await self._build(entries, self.reflected)
+            await self._remove(name, persist=True)
+
+    async def _remove(self, name: str, *, persist: bool) -> None:
+        """Swap in a snapshot without this registration; the caller holds the lock."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise BridgeError(errors.NOT_FOUND, f"no registration named '{name}'")
+        self._check_importers(name, ())
+        entries = {k: v for k, v in self.entries.items() if k != name}
+        snapshot = await self._build(entries, self.reflected)
+        if persist:
             await asyncio.to_thread(self.store.delete, name)
-            self.entries = entries
-            self.registry.snapshot = snapshot
-            if entry.registration.targets:
-                self.upstreams.discard(entry.protos.upstream or "")
+        self.entries = entries
+        self.registry.snapshot = snapshot
+        if entry.registration.targets:
+            self.upstreams.discard(entry.protos.upstream or "")
 
     async def refresh(self, upstream: str) -> ProtoSet:
         """Ask an upstream for its services again through server reflection."""
@@ -228,6 +263,25 @@ class Registrar:
             "methods": methods,
             "routes": routes,
         }
+
+
+async def _in_passes(
+    pending: list[Registration], apply: Callable[[Registration], Awaitable[object]]
+) -> None:
+    """Apply stored registrations in passes: one may import a file a later one uploads."""
+    while pending:
+        failed: list[tuple[Registration, BridgeError]] = []
+        for registration in pending:
+            try:
+                await apply(registration)
+            except BridgeError as exc:
+                failed.append((registration, exc))
+        if len(failed) == len(pending):  # no progress: what is left cannot be applied
+            for registration, error in failed:
+                name = registration.name
+                log.error("protos.store: skipping registration '%s': %s", name, error.message)
+            return
+        pending = [registration for registration, _ in failed]
 
 
 def _check_registration(registration: Registration) -> None:

@@ -91,6 +91,19 @@ class FileStore:
             found.append(registration)
         return found
 
+    def signature(self) -> tuple[tuple[str, int, int], ...]:
+        """What changes when any registration file is written, replaced or removed."""
+        if not self.folder.is_dir():
+            return ()
+        found = []
+        for path in self.folder.glob("*.json"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # removed while listing
+            found.append((path.name, stat.st_mtime_ns, stat.st_size))
+        return tuple(sorted(found))
+
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
 
