@@ -8,8 +8,10 @@ Only the given include roots and the bundled ``google/*`` protos are visible to 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -57,7 +59,7 @@ class CompileError(Exception):
         super().__init__("; ".join(str(d) for d in self.diagnostics) or "protoc failed")
 
 
-BUNDLED_PACKAGES: Final = ("google/api", "google/rpc", "google/type")
+BUNDLED_PACKAGES: Final = ("google/api", "google/rpc", "google/type", "google/longrunning")
 
 
 @cache
@@ -72,6 +74,7 @@ def bundled_roots() -> tuple[Path, ...]:
     protobuf_root = Path(str(resources.files("grpc_tools") / "_proto"))
     site = Path(annotations.__file__).resolve().parent.parent.parent
     curated = Path(tempfile.mkdtemp(prefix="bridge-googleapis-"))
+    atexit.register(shutil.rmtree, curated, ignore_errors=True)
     (curated / "google").mkdir()
     for package in BUNDLED_PACKAGES:
         if (site / package).is_dir():

@@ -20,7 +20,12 @@ from bridge import errors
 from bridge.config import Settings, UpstreamSettings
 from bridge.errors import BridgeError
 from bridge.registry import Registry
-from bridge.registry.compiler import CompileError, compile_protos, find_proto_files
+from bridge.registry.compiler import (
+    BUNDLED_PACKAGES,
+    CompileError,
+    compile_protos,
+    find_proto_files,
+)
 from bridge.registry.reflection import ReflectionError, discover
 from bridge.registry.snapshot import (
     INCLUDE,
@@ -35,7 +40,7 @@ from bridge.upstream.pool import Upstreams
 
 log = logging.getLogger("bridge.registry")
 
-_RESERVED: Final = ("google/protobuf/", "google/api/", "google/rpc/", "google/type/")
+_RESERVED: Final = tuple(f"{p}/" for p in ("google/protobuf", *BUNDLED_PACKAGES))
 _MAX_FILES: Final = 500
 _TARGET: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$|^unix:/\S+$")
 
