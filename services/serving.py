@@ -7,9 +7,10 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final, NoReturn, TypeAlias
 
 import grpc
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 STOP_GRACE_SECONDS: Final = 5.0
@@ -76,3 +77,19 @@ def main(name: str, start: StartFn, default_port: int, argv: Sequence[str] | Non
     except OSError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+def now() -> timestamp_pb2.Timestamp:
+    """The current time as a Timestamp."""
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+async def invalid(context: Context, message: str) -> NoReturn:
+    """Abort the call with INVALID_ARGUMENT."""
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+    raise AssertionError("unreachable: abort raises")

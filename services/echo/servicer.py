@@ -4,35 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Final
 
 import grpc
-from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from services.echo.metadata import map_to_metadata, metadata_to_map
 from services.echo.stats import CallStats, counted
+from services.serving import Context, invalid, now
 
 from demo.echo.v1 import echo_pb2, echo_pb2_grpc
-
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 STATUS_BY_NUMBER: Final = {status.value[0]: status for status in grpc.StatusCode}
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 # grpc reports "no deadline" as the time left until the end of its infinite future.
 NO_DEADLINE_AFTER_SECONDS: Final = 10 * 365 * 24 * 3600
 INT64_MAX: Final = 2**63 - 1
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-async def _invalid(context: Context, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-    raise AssertionError("unreachable: abort raises")
 
 
 def deadline_remaining(context: Context) -> float:
@@ -56,7 +44,7 @@ async def _send_requested_metadata(request: echo_pb2.EchoRequest, context: Conte
         headers = map_to_metadata(request.response_headers, "response_headers")
         trailers = map_to_metadata(request.response_trailers, "response_trailers")
     except ValueError as exc:
-        await _invalid(context, str(exc))
+        await invalid(context, str(exc))
     if headers:
         await context.send_initial_metadata(headers)
     if trailers:
@@ -90,7 +78,7 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
             return empty_pb2.Empty()
         code = STATUS_BY_NUMBER.get(request.code)
         if code is None:
-            await _invalid(context, f"code {request.code} is not a gRPC status code")
+            await invalid(context, f"code {request.code} is not a gRPC status code")
         message = request.message or f"failure {request.code} requested"
         trailers: tuple[tuple[str, bytes], ...] = ()
         if request.with_details:
@@ -103,7 +91,7 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
     async def Tick(self, request: echo_pb2.TickRequest, context: Context) -> None:
         for field in ("count", "interval_ms", "fail_after", "payload_size"):
             if getattr(request, field) < 0:
-                await _invalid(context, f"{field} must not be negative")
+                await invalid(context, f"{field} must not be negative")
         await context.send_initial_metadata((("x-tick-stream", "started"),))
         payload = b"x" * request.payload_size
         seq = 0
@@ -112,9 +100,7 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
                 await asyncio.sleep(request.interval_ms / 1000)
             seq += 1
             text = f"{request.prefix}{seq}"
-            await context.write(
-                echo_pb2.TickEvent(seq=seq, text=text, time=_now(), payload=payload)
-            )
+            await context.write(echo_pb2.TickEvent(seq=seq, text=text, time=now(), payload=payload))
             self.stats.ticks_sent += 1  # write returned: gRPC flow control let the event out
             if request.fail_after and seq >= request.fail_after:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "tick source failed")

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, TypeAlias
+from typing import NoReturn
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
+from services.serving import Context, invalid, now
 from services.users.listing import ListingError, list_page
 from services.users.store import ID_PATTERN, UserDirectory, resource_name
 from services.users.update import MaskError, apply_update
 
 from demo.users.v1 import users_pb2, users_pb2_grpc
-
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-async def _invalid(context: Context, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-    raise AssertionError("unreachable: abort raises")
 
 
 async def _not_found(context: Context, user_id: str) -> NoReturn:
@@ -61,16 +49,16 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         try:
             return list_page(self.directory, request)
         except ListingError as exc:
-            await _invalid(context, str(exc))
+            await invalid(context, str(exc))
 
     async def CreateUser(
         self, request: users_pb2.CreateUserRequest, context: Context
     ) -> users_pb2.User:
         if not request.user.display_name:
-            await _invalid(context, "user.display_name is required")
+            await invalid(context, "user.display_name is required")
         user_id = request.user_id
         if user_id and not ID_PATTERN.fullmatch(user_id):
-            await _invalid(context, f"user_id {user_id!r} must be 1-63 letters, digits, '-' or '_'")
+            await invalid(context, f"user_id {user_id!r} must be 1-63 letters, digits, '-' or '_'")
         if user_id in self.directory:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"user {user_id!r} already exists")
         user = users_pb2.User()
@@ -78,9 +66,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         # A dry run shows the id it would get without taking it from the sequence.
         user.id = user_id or self.directory.new_id(reserve=not request.validate_only)
         user.name = resource_name(user.id)
-        now = _now()
-        user.create_time.CopyFrom(now)
-        user.update_time.CopyFrom(now)
+        stamp = now()
+        user.create_time.CopyFrom(stamp)
+        user.update_time.CopyFrom(stamp)
         if not request.validate_only:
             self.directory.put(user)
         return user
@@ -90,13 +78,13 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> users_pb2.User:
         user_id = _id_from_name(request.user)
         if not user_id:
-            await _invalid(context, 'user.name must be "users/{id}"')
+            await invalid(context, 'user.name must be "users/{id}"')
         existing = await self._existing(user_id, context)
         try:
             updated = apply_update(existing, request.user, request.update_mask)
         except MaskError as exc:
-            await _invalid(context, str(exc))
-        updated.update_time.CopyFrom(_now())
+            await invalid(context, str(exc))
+        updated.update_time.CopyFrom(now())
         self.directory.put(updated)
         return updated
 
@@ -110,12 +98,12 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     async def BanUser(self, request: users_pb2.BanUserRequest, context: Context) -> users_pb2.User:
         existing = await self._existing(request.id, context)
         if request.duration.seconds < 0 or request.duration.nanos < 0:
-            await _invalid(context, "duration must not be negative")
+            await invalid(context, "duration must not be negative")
         user = users_pb2.User()
         user.CopyFrom(existing)
         user.banned = True
         user.ban_reason = request.reason
-        user.update_time.CopyFrom(_now())
+        user.update_time.CopyFrom(now())
         self.directory.put(user)
         return user
 
