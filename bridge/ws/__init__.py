@@ -31,15 +31,15 @@ class WebSocketGateway:
         self.sessions: set[Session] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        refusal = self._refusal(request)
-        if refusal is not None:
-            return error_response(refusal)
         ws = web.WebSocketResponse(
             protocols=(SUBPROTOCOL,),
             max_msg_size=self.limits.ws_max_frame,
             heartbeat=self.limits.ws_heartbeat,
             compress=False,  # per-message deflate costs CPU per frame and hides backpressure
         )
+        refusal = self._refusal(request, ws)
+        if refusal is not None:
+            return error_response(refusal)
         try:
             base = request_metadata(
                 request.headers.items(), self.forward, peer=request.remote,
@@ -59,8 +59,8 @@ class WebSocketGateway:
             self.sessions.discard(session)
         return ws
 
-    def _refusal(self, request: web.Request) -> BridgeError | None:
-        if not web.WebSocketResponse(protocols=(SUBPROTOCOL,)).can_prepare(request).ok:
+    def _refusal(self, request: web.Request, ws: web.WebSocketResponse) -> BridgeError | None:
+        if not ws.can_prepare(request).ok:
             return BridgeError(errors.INVALID_ARGUMENT, "GET /ws expects a WebSocket upgrade")
         origin = request.headers.get("Origin")
         if origin is None or self._origin_allowed(origin, request.host):
