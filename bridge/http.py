@@ -124,14 +124,8 @@ def _ndjson_messages(binding: Binding, body: bytes) -> list[Message]:
         items = decode_json(text)
     else:
         items = [decode_json(line) for line in text.splitlines() if line.strip()]
-    for index, item in enumerate(items):
-        # from_json assumes an object (parse_body checks that for unary bodies).
-        if not isinstance(item, dict):
-            raise errors.invalid_argument(
-                f"request message {index} must be a JSON object for "
-                f"{binding.request.descriptor.full_name}"
-            )
-    return [binding.request.from_json(item) for item in items]
+    plan = binding.request
+    return [plan.from_json(item, f"request message {i}") for i, item in enumerate(items)]
 
 
 async def _stream_out(

@@ -16,6 +16,7 @@ from google.protobuf import empty_pb2
 import services  # noqa: F401  (puts the generated code on sys.path)
 from services.echo.server import start as start_echo
 from tests.conftest import Bridge, StartBridge, demo_config
+from tests.ws_client import wait_for
 
 from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 
@@ -29,17 +30,6 @@ def on_the_wire(seconds: float) -> float:
     ("encoding may round up arbitrarily", C-core timeout_encoding.h): 2 s may arrive as 2.01 s.
     """
     return seconds * 1.01 + 0.002
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll predicate every 20 ms until it holds; return the seconds taken; fail after timeout."""
-    start = time.monotonic()
-    while True:
-        if await predicate():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -146,6 +146,11 @@ async def compile_protos(
     return descriptor_pb2.FileDescriptorSet.FromString(data)
 
 
+def include_root(entry: Path) -> Path:
+    """The import root of an include entry: a folder itself, or the folder of a file."""
+    return entry.parent if entry.is_file() else entry
+
+
 def find_proto_files(entry: Path) -> tuple[Path, list[str]]:
     """The include root and the .proto names (relative to it) of an include file or folder."""
     if entry.is_file():

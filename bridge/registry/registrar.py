@@ -24,7 +24,7 @@ from bridge.registry.compiler import (
     BUNDLED_PACKAGES,
     CompileError,
     compile_protos,
-    find_proto_files,
+    include_root,
 )
 from bridge.registry.reflection import ReflectionError, discover
 from bridge.registry.snapshot import (
@@ -65,6 +65,8 @@ class Registrar:
         self.entries: dict[str, Entry] = {}
         self.reflected: dict[str, ProtoSet] = {}
         self._lock = asyncio.Lock()
+        # The config is frozen: resolve its include roots once, not per upload.
+        self._include_roots = [include_root(p) for p in settings.protos_include if p.exists()]
         self._json = JsonShape(
             settings.json.emit_unpopulated,
             settings.json.use_proto_names,
@@ -240,7 +242,7 @@ class Registrar:
             }  # fmt: skip
             await asyncio.to_thread(_write_tree, upload, registration.files)
             await asyncio.to_thread(_write_tree, others, others_files)
-            roots = [upload, *self._include_roots(), others]
+            roots = [upload, *self._include_roots, others]
             try:
                 files = await compile_protos(sorted(registration.files), roots)
             except CompileError as exc:
@@ -250,9 +252,6 @@ class Registrar:
                     extra={"errors": [d.to_json() for d in exc.diagnostics]},
                 ) from None
         return ProtoSet(registration.name, files, frozenset(registration.files), upstream)
-
-    def _include_roots(self) -> list[Path]:
-        return [find_proto_files(p)[0] for p in self.settings.protos_include if p.exists()]
 
     def summary(self, name: str, snapshot: Snapshot) -> dict[str, Any]:
         """The services, methods and routes a registration owns in a snapshot."""

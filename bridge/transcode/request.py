@@ -169,15 +169,13 @@ class RequestPlan:
             return {}
         value = decode_json(body)
         if self.body == "*":
-            if not isinstance(value, dict):
-                raise invalid_argument(
-                    f"request body must be a JSON object for {self.descriptor.full_name}"
-                )
+            self._require_object(value, "request body")
             return value
         return {self.body: value}
 
-    def from_json(self, data: Any) -> Message:
-        """Parse a JSON value into the request message (the one JSON mapping: json_format)."""
+    def from_json(self, data: Any, what: str = "request message") -> Message:
+        """Parse a JSON object into the request message (the one JSON mapping: json_format)."""
+        self._require_object(data, what)
         message = self.message_class()
         try:
             json_format.ParseDict(
@@ -197,6 +195,10 @@ class RequestPlan:
                 f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)"
             )
         return message
+
+    def _require_object(self, value: Any, what: str) -> None:
+        if not isinstance(value, dict):
+            raise invalid_argument(f"{what} must be a JSON object for {self.descriptor.full_name}")
 
     def _bind_query(self, data: dict[str, Any], query: MultiMapping[str]) -> None:
         bound = self.bound

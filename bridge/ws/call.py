@@ -65,11 +65,7 @@ class WsCall:
             ) from None
 
     def parse(self, message: Any) -> Message:
-        if not isinstance(message, dict):
-            raise errors.invalid_argument(
-                f"message must be a JSON object for {self.binding.request.descriptor.full_name}"
-            )
-        return self.binding.request.from_json(message)
+        return self.binding.request.from_json(message, "message")
 
     def half_close(self) -> None:
         try:
