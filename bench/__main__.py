@@ -98,11 +98,15 @@ def run_scenarios(
     c = CONCURRENCY
     steps: list[tuple[list[str], Callable[[], list[Result]]]] = [
         ([f"direct_grpc_unary_c{c}", f"rest_unary_c{c}"], lambda: s.unary_pair("small", c)),
+        ([f"reference_naive_hop_c{c}"], lambda: [s.naive_hop(c)]),
+        ([f"reference_grpc_aio_client_c{c}"], lambda: [s.grpc_client(c)]),
         (["direct_grpc_unary_c1", "rest_unary_c1"], lambda: s.unary_pair("small", 1)),
+        (["reference_grpc_aio_client_c1"], lambda: [s.grpc_client(1)]),
         ([f"direct_grpc_unary_16k_c{c}", f"rest_unary_16k_c{c}"], lambda: s.unary_pair("16k", c)),
     ]  # fmt: skip
     for n, ws_name in ((1, "ws_stream_1_socket"), (100, "ws_stream_100_sockets")):
         steps.append(([f"direct_grpc_stream_{n}", ws_name], lambda n=n: _stream_pair(s, n)))  # type: ignore[misc]
+    steps.append((["reference_grpc_aio_client_stream_100"], lambda: [s.grpc_client_streams(100)]))
     steps.append(([f"ws_idle_{plan.idle_sockets}"],
                   lambda: [_run_async(s.ws_idle(wanted, limit_note))]))  # fmt: skip
     results: list[Result] = []

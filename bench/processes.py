@@ -169,18 +169,31 @@ def _spawn(name: str, args: list[str], log: Path, port: int) -> Service:
     return Service(name, process, port, log)
 
 
+def _started(service: Service, what: str) -> Service:
+    """Wait until the service logs that it listens; BenchError if it exits or takes too long."""
+    deadline = time.monotonic() + READY_SECONDS
+    while "listening on" not in service.log_tail():
+        service.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} did not start:\n{service.log_tail()}")
+        time.sleep(0.05)
+    return service
+
+
 def start_backend(workdir: Path) -> Service:
     """Start ``python -m services.bench`` on a free port; waits until it accepts connections."""
     port = free_port()
     service = _spawn("backend", ["-m", "services.bench", "--port", str(port)],
                      workdir / "backend.log", port)  # fmt: skip
-    deadline = time.monotonic() + READY_SECONDS
-    while "listening on" not in service.log_tail():
-        service.check_alive()
-        if time.monotonic() > deadline:
-            raise BenchError(f"the bench backend did not start:\n{service.log_tail()}")
-        time.sleep(0.05)
-    return service
+    return _started(service, "the bench backend")
+
+
+def start_naive_hop(workdir: Path, backend_port: int) -> Service:
+    """Start the naive hop of ``bench.reference`` in front of the backend, on a free port."""
+    port = free_port()
+    args = ["-m", "bench.reference", "hop", "--target", f"127.0.0.1:{backend_port}",
+            "--port", str(port)]  # fmt: skip
+    return _started(_spawn("naive hop", args, workdir / "hop.log", port), "the naive hop")
 
 
 def write_bridge_config(workdir: Path, backend_port: int) -> Path:

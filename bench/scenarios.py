@@ -9,7 +9,10 @@ number that does not depend on how busy the machine is.
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,15 @@ from typing import Any, Final, TypeVar
 
 from bench import load, ws
 from bench.load import LoadRun
-from bench.processes import Service, cpu_seconds, open_files_limit, rss_mib
+from bench.processes import (
+    ROOT,
+    BenchError,
+    Service,
+    cpu_seconds,
+    open_files_limit,
+    rss_mib,
+    start_naive_hop,
+)
 
 T = TypeVar("T")
 Result = dict[str, Any]
@@ -95,6 +106,7 @@ class Scenarios:
             "small": load.wrk_script(workdir, "small", {"message": SMALL}),
             "16k": load.wrk_script(workdir, "16k", {"message": LARGE}),
         }
+        self.baselines: dict[str, Result] = {}  # the direct runs so far, by name
 
     # --- unary --------------------------------------------------------------------------
 
@@ -131,6 +143,7 @@ class Scenarios:
         base_name = f"direct_grpc_unary{tag}_c{connections}"
         base = _load_result(base_name, direct, du, bridge=False, ratio=1.0)
         base["message"] = _describe(message)
+        self.baselines[base_name] = base
         out = _load_result(f"rest_unary{tag}_c{connections}", rest, ru, bridge=True,
                            ratio=_r(rest.rps / direct.rps) if direct.rps else None)  # fmt: skip
         out.update(baseline=base_name, baseline_rps=base["rps"], message=_describe(message))
@@ -156,6 +169,7 @@ class Scenarios:
         result = _rate_result(f"direct_grpc_stream_{sockets}", messages, run.seconds, usage,
                               bridge=False, ratio=1.0)  # fmt: skip
         result.update(connections=sockets, errors=run.errors, tool="h2load", notes=run.notes)
+        self.baselines[result["scenario"]] = result
         return result
 
     async def ws_stream(self, sockets: int, baseline: Result) -> Result:
@@ -182,6 +196,72 @@ class Scenarios:
             first_message_p50_ms=_r(load.percentile(run.first_message_ms, 50)),
         )
         return result
+
+    # --- references: what the same work costs without the bridge -------------------------
+
+    def naive_hop(self, connections: int) -> Result:
+        """The naive hop of bench.reference under the load rest_unary_c<N> gets."""
+        hop = start_naive_hop(self.workdir, self.backend.port)
+        try:
+            url = f"http://127.0.0.1:{hop.port}{load.REST_ECHO_PATH}"
+            load.wrk(url, self.scripts["small"], connections, self.plan.warmup)
+            run, usage = Meter(hop, self.backend).around(
+                lambda: load.wrk(url, self.scripts["small"], connections, self.plan.duration)
+            )
+        finally:
+            hop.stop()
+        base = f"direct_grpc_unary_c{connections}"
+        result = _load_result(f"reference_naive_hop_c{connections}", run, usage, bridge=True,
+                              ratio=self._ratio(run.rps, base))  # fmt: skip
+        result.update(baseline=base, measured="naive hop: aiohttp + json_format + grpc.aio")
+        return result
+
+    def grpc_client(self, connections: int) -> Result:
+        """The grpc.aio client alone making the Echo calls of direct_grpc_unary_c<N>."""
+        base = f"direct_grpc_unary_c{connections}"
+        result, out = self._reference_client(
+            f"reference_grpc_aio_client_c{connections}", base,
+            "--connections", str(connections), "--duration", str(self.plan.duration),
+        )  # fmt: skip
+        result.update(connections=connections, p50_ms=_r(out["p50_ms"]), p99_ms=_r(out["p99_ms"]))
+        direct_p50 = self.baselines.get(base, {}).get("p50_ms")
+        if direct_p50 is not None and out["p50_ms"] is not None:
+            result["added_p50_ms"] = _r(out["p50_ms"] - direct_p50)
+        return result
+
+    def grpc_client_streams(self, streams: int) -> Result:
+        """The grpc.aio client alone receiving the Stream calls of direct_grpc_stream_<N>."""
+        result, out = self._reference_client(
+            f"reference_grpc_aio_client_stream_{streams}", f"direct_grpc_stream_{streams}",
+            "--streams", str(streams), "--messages", str(self.plan.stream_messages),
+        )  # fmt: skip
+        result.update(connections=streams, unit="message", messages=out["count"],
+                      messages_per_s=result["rps"])  # fmt: skip
+        return result
+
+    def _reference_client(self, name: str, base: str, *args: str) -> tuple[Result, dict[str, Any]]:
+        """Run ``bench.reference client`` with args: its result row and its raw output."""
+        cmd = [sys.executable, "-m", "bench.reference", "client",
+               "--target", f"127.0.0.1:{self.backend.port}", *args]  # fmt: skip
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                              timeout=self.plan.duration + load.TOOL_SLACK_SECONDS)  # fmt: skip
+        if done.returncode != 0:
+            raise BenchError(f"bench.reference client failed:\n{done.stderr[-800:]}")
+        out: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+        if not out["count"] or out["seconds"] <= 0:
+            raise BenchError(f"bench.reference client made no calls: {out}")
+        rps = out["count"] / out["seconds"]
+        return {
+            "scenario": name, "rps": _r(rps, 1), "p50_ms": None, "p99_ms": None,
+            "cpu_us_per_req": _per(out["cpu_seconds"], out["count"]),
+            "ratio_to_direct": self._ratio(rps, base), "baseline": base,
+            "requests": out["count"], "seconds": _r(out["seconds"], 2),
+            "measured": "the grpc.aio client process alone", "tool": "bench.reference",
+        }, out  # fmt: skip
+
+    def _ratio(self, rps: float, baseline: str) -> float | None:
+        base = self.baselines.get(baseline, {}).get("rps")
+        return _r(rps / base) if base else None
 
     # --- idle WebSockets ----------------------------------------------------------------
 

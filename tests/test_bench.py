@@ -18,11 +18,14 @@ from bench.load import parse_h2load, parse_wrk, percentile
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_KEYS = {"scenario", "rps", "p50_ms", "p99_ms", "cpu_us_per_req", "ratio_to_direct"}
 SCENARIOS = [
-    "direct_grpc_unary_c16", "rest_unary_c16", "direct_grpc_unary_c1", "rest_unary_c1",
-    "direct_grpc_unary_16k_c16", "rest_unary_16k_c16", "direct_grpc_stream_1",
-    "ws_stream_1_socket", "direct_grpc_stream_100", "ws_stream_100_sockets", "ws_idle_1000",
+    "direct_grpc_unary_c16", "rest_unary_c16", "reference_naive_hop_c16",
+    "reference_grpc_aio_client_c16", "direct_grpc_unary_c1", "rest_unary_c1",
+    "reference_grpc_aio_client_c1", "direct_grpc_unary_16k_c16", "rest_unary_16k_c16",
+    "direct_grpc_stream_1", "ws_stream_1_socket", "direct_grpc_stream_100",
+    "ws_stream_100_sockets", "reference_grpc_aio_client_stream_100", "ws_idle_1000",
 ]  # fmt: skip
-THROUGH_BRIDGE = [s for s in SCENARIOS if not s.startswith("direct_")]
+THROUGH_BRIDGE = [s for s in SCENARIOS if not s.startswith(("direct_", "reference_"))]
+REFERENCES = [s for s in SCENARIOS if s.startswith("reference_")]
 
 
 def _number(value: object) -> bool:
@@ -51,6 +54,13 @@ def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["ratio_to_direct"] > 0, r
         assert r["baseline"] == name.replace("rest_", "direct_grpc_"), r
     assert _number(by_name["rest_unary_c1"]["added_p50_ms"])
+    for name in REFERENCES:  # the same work without the bridge, with its own process's CPU
+        r = by_name[name]
+        assert r["measured"] and _number(r["cpu_us_per_req"]) and r["cpu_us_per_req"] > 0, r
+        assert r["baseline"] in by_name and _number(r["ratio_to_direct"]), r
+    assert _number(by_name["reference_grpc_aio_client_c1"]["added_p50_ms"])
+    assert by_name["reference_grpc_aio_client_stream_100"]["messages"] == 5000  # all of them
+    assert "(without the bridge: grpc.aio client alone " in run.stdout  # the CPU target's context
     idle = by_name["ws_idle_1000"]
     assert idle["connections_held"] == 1000 and idle["echo_ok"] == "10/10", idle
     assert idle["bridge_rss_mib"] > idle["bridge_rss_before_mib"] > 0, idle
