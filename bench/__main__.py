@@ -2,9 +2,11 @@
 
 Starts the bench backend (``services.bench``) and a bridge in front of it, then measures:
 direct gRPC unary calls (h2load) against REST through the bridge (wrk) at 16 connections with
-a small and a 16 KiB message and at 1 connection; server streaming over 1 and 100 WebSockets
-against the same streams made directly; and thousands of idle WebSockets held. Prints a table
-and writes a list of scenario objects to bench/results.json.
+a small and a 16 KiB message and at 1 connection, alternated over a few rounds; server
+streaming over 1 and 100 WebSockets against the same streams made directly; and thousands of
+idle WebSockets held. Reference rows measure the same work without the bridge (a naive hop,
+the grpc.aio client alone). Prints a table and writes a list of scenario objects to
+bench/results.json.
 """
 
 from __future__ import annotations
@@ -37,22 +39,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="short runs (for a test)")
     parser.add_argument("--workers", type=int, default=1, help="passed to `bridge serve`")
-    parser.add_argument("--duration", type=int, help="seconds per load-tool run (10; quick 2)")
+    parser.add_argument("--duration", type=int, help="seconds per load-tool run (5; quick 2)")
+    parser.add_argument("--rounds", type=int, help="alternated runs per unary pair (3; quick 1)")
     parser.add_argument(
         "--stream-messages", type=int, help="messages per streaming scenario (50000; quick 5000)"
     )
     parser.add_argument("--idle", type=int, help="idle WebSockets to hold (5000; quick 1000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json path")
     args = parser.parse_args(argv)
-    if args.workers < 1 or (args.duration is not None and args.duration < 1):
-        parser.error("--workers and --duration must be at least 1")
+    if any(n is not None and n < 1 for n in (args.workers, args.duration, args.rounds)):
+        parser.error("--workers, --duration and --rounds must be at least 1")
     return args
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     quick = args.quick
     return Plan(
-        duration=args.duration or (2 if quick else 10),
+        duration=args.duration or (2 if quick else 5),
+        rounds=args.rounds or (1 if quick else 3),
         stream_messages=max(100, args.stream_messages or (5_000 if quick else 50_000)),
         idle_sockets=args.idle or (1_000 if quick else 5_000),
         hold_seconds=1.0 if quick else 3.0,

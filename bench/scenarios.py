@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -46,6 +47,7 @@ class Plan:
     stream_messages: int  # per streaming scenario, over all sockets
     idle_sockets: int
     hold_seconds: float
+    rounds: int = 1  # alternated direct/bridge runs per unary pair
     warmup: int = 1
 
 
@@ -134,19 +136,33 @@ class Scenarios:
         self.rest_unary("16k", CONCURRENCY, w)
 
     def unary_pair(self, size: str, connections: int) -> list[Result]:
-        """A direct gRPC run, then the same load as REST through the bridge, same length."""
+        """Direct gRPC runs alternated with the same load as REST through the bridge.
+
+        The machine's speed drifts between runs (the direct rate alone varies by a third on
+        a shared 2-CPU machine), so the pair runs ``plan.rounds`` times and the ratio is the
+        median of the rounds' ratios; rates and CPU are totals over all rounds.
+        """
         message = SMALL if size == "small" else LARGE
         tag = "" if size == "small" else "_16k"
         d = self.plan.duration
-        direct, du = self.meter.around(lambda: self.direct_unary(message, connections, d))
-        rest, ru = self.meter.around(lambda: self.rest_unary(size, connections, d))
+        rounds = []
+        for _ in range(self.plan.rounds):
+            direct_round = self.meter.around(lambda: self.direct_unary(message, connections, d))
+            rest_round = self.meter.around(lambda: self.rest_unary(size, connections, d))
+            rounds.append((direct_round, rest_round))
+        direct, du = _combined([dr for dr, _ in rounds])
+        rest, ru = _combined([rr for _, rr in rounds])
+        ratios = sorted(rr[0].rps / dr[0].rps for dr, rr in rounds if dr[0].rps)
         base_name = f"direct_grpc_unary{tag}_c{connections}"
         base = _load_result(base_name, direct, du, bridge=False, ratio=1.0)
         base["message"] = _describe(message)
         self.baselines[base_name] = base
         out = _load_result(f"rest_unary{tag}_c{connections}", rest, ru, bridge=True,
-                           ratio=_r(rest.rps / direct.rps) if direct.rps else None)  # fmt: skip
-        out.update(baseline=base_name, baseline_rps=base["rps"], message=_describe(message))
+                           ratio=_r(statistics.median(ratios)) if ratios else None)  # fmt: skip
+        out.update(baseline=base_name, baseline_rps=base["rps"], message=_describe(message),
+                   round_ratios=[_r(x) for x in ratios])  # fmt: skip
+        if len(ratios) > 1:
+            out["notes"].append(f"ratio {ratios[0]:.2f}-{ratios[-1]:.2f} over {len(ratios)} rounds")
         if direct.p50_ms is not None and rest.p50_ms is not None:
             out["added_p50_ms"] = _r(rest.p50_ms - direct.p50_ms)
         if direct.p99_ms is not None and rest.p99_ms is not None:
@@ -304,6 +320,25 @@ class Scenarios:
             notes.append(limit_note)
         result["notes"] = notes
         return result
+
+
+def _combined(rounds: list[tuple[LoadRun, Usage]]) -> tuple[LoadRun, Usage]:
+    """Several runs of one load as one: totals, and the median of their percentiles."""
+    runs = [run for run, _ in rounds]
+    first = runs[0]
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    run = LoadRun(first.tool, first.connections, sum(r.requests for r in runs),
+                  sum(r.seconds for r in runs), median([r.p50_ms for r in runs]),
+                  median([r.p99_ms for r in runs]), sum(r.errors for r in runs),
+                  [n for r in runs for n in r.notes])  # fmt: skip
+    usages = [u for _, u in rounds]
+    usage = Usage(sum(u.bridge for u in usages), sum(u.backend for u in usages),
+                  sum(u.loadgen for u in usages))  # fmt: skip
+    return run, usage
 
 
 def _describe(message: str) -> str:

@@ -36,7 +36,7 @@ def _number(value: object) -> bool:
 def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--rounds", "2", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=140, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -53,6 +53,8 @@ def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
         r = by_name[name]
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["ratio_to_direct"] > 0, r
         assert r["baseline"] == name.replace("rest_", "direct_grpc_"), r
+        low, high = r["round_ratios"]  # two alternated rounds; the ratio is their median
+        assert low <= high and r["ratio_to_direct"] == pytest.approx((low + high) / 2, abs=2e-3)
     assert _number(by_name["rest_unary_c1"]["added_p50_ms"])
     for name in REFERENCES:  # the same work without the bridge, with its own process's CPU
         r = by_name[name]
