@@ -126,6 +126,10 @@ BAD_INPUT: Final = [
     pytest.param("POST", ECHO, raw(b'{"message": "a"} x'), ["JSON"], id="malformed-json-trailing"),
     pytest.param("POST", ECHO, raw(b"{'message': 'a'}"), ["JSON"], id="malformed-json-quotes"),
     pytest.param("POST", ECHO, raw(b'{"message": "\xff\xfe"}'), ["UTF-8"], id="invalid-utf-8"),
+    # RFC 8259 JSON only: proto3 JSON spells these values "NaN" and "Infinity", as strings.
+    pytest.param("POST", ECHO, raw(b'{"small": NaN}'), ["JSON"], id="nan-literal"),
+    pytest.param("POST", ECHO, raw(b'{"small": -Infinity}'), ["JSON"], id="infinity-literal"),
+    pytest.param("POST", ECHO, raw(b'\xff\xfe{\x00}\x00'), ["JSON"], id="utf-16-body"),
     pytest.param("POST", ECHO, raw(b"[1, 2]"), ["JSON object"], id="body-star-array"),
     pytest.param("POST", ECHO, raw(b'"text"'), ["JSON object"], id="body-star-string"),
     pytest.param("POST", ECHO, raw(b"42"), ["JSON object"], id="body-star-number"),
@@ -161,6 +165,7 @@ BAD_INPUT: Final = [
     pytest.param("POST", ECHO, body({"sleepMs": 2**31}), ["sleepMs"], id="int32-too-big"),
     pytest.param("POST", ECHO, body({"sleepMs": -(2**31) - 1}), ["sleepMs"], id="int32-too-small"),
     pytest.param("POST", ECHO, body({"number": 2**63}), ["number"], id="int64-too-big"),
+    pytest.param("POST", ECHO, body({"number": 10**30}), ["number"], id="int-beyond-64-bits"),
     pytest.param("POST", ECHO, body({"big": -1}), ["big"], id="uint64-negative"),
     pytest.param("POST", ECHO, body({"small": 1e39}), ["small"], id="float-too-big"),
     # Nested 5,000 deep: in a Struct field and as plain message nesting.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
 from google.protobuf import any_pb2, json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -17,7 +17,6 @@ from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers t
 from bridge.errors import BridgeError
 
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
-_COMPACT: Final = (",", ":")
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +53,8 @@ class ResponsePlan:
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=_COMPACT, ensure_ascii=False).encode()
+    """Compact UTF-8 JSON of what json_format made (str keys, no NaN: it writes "NaN")."""
+    return orjson.dumps(value)
 
 
 def ndjson_line(key: str, value: Any) -> bytes:

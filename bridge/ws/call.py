@@ -21,7 +21,7 @@ from bridge.ws.frames import CallId
 # rather than unbounded memory or stalling the socket's other calls.
 INBOX_SIZE: Final = 64
 
-Send = Callable[[str], Awaitable[None]]
+Send = Callable[[bytes], Awaitable[None]]
 
 
 class WsCall:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from bridge.errors import INVALID_ARGUMENT, BridgeError
 
@@ -35,8 +36,8 @@ class FrameError(BridgeError):
 def parse(text: str) -> Frame:
     """A client frame; FrameError when it is not JSON, not an object, or has no usable id."""
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise FrameError(f"frame is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise FrameError("frame must be a JSON object")
@@ -58,15 +59,16 @@ def parse(text: str) -> Frame:
     )
 
 
-def dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+def dumps(frame: dict[str, Any]) -> bytes:
+    """A frame as compact UTF-8 JSON, the payload of one WebSocket text message."""
+    return orjson.dumps(frame)
 
 
-def error(code: int, message: str) -> str:
+def error(code: int, message: str) -> bytes:
     return dumps({"error": {"code": code, "message": message}})
 
 
-def status(call_id: CallId, error: BridgeError | None, trailers: dict[str, str] | None) -> str:
+def status(call_id: CallId, error: BridgeError | None, trailers: dict[str, str] | None) -> bytes:
     """The one ``status`` frame that ends a call (OK when ``error`` is None)."""
     body = {"code": 0, "message": "", "details": []} if error is None else error.to_status()
     frame: dict[str, Any] = {"id": call_id, "status": body}

@@ -65,12 +65,12 @@ class Session:
         if tasks:
             await asyncio.wait(tasks, timeout=_DRAIN_SECONDS)
 
-    async def send(self, text: str) -> None:
-        """Send a frame; waits while the client is not reading (backpressure)."""
+    async def send(self, frame: bytes) -> None:
+        """Send a frame (UTF-8 JSON); waits while the client is not reading (backpressure)."""
         if self.ws.closed:
             return
         try:
-            await self.ws.send_str(text)
+            await self.ws.send_frame(frame, WSMsgType.TEXT)
         except (ConnectionResetError, RuntimeError):
             pass  # the socket closed under us; the read loop ends and cancels the calls
 
