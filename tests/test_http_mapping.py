@@ -536,6 +536,25 @@ async def test_json_option_emit_unpopulated_false(
     assert alan["displayName"] == "Alan Turing"
 
 
+async def test_unset_message_fields_are_null_like_grpc_gateway(demo: Bridge) -> None:
+    """emit_unpopulated (the default) writes what grpc-gateway's marshaler (protojson with
+    EmitUnpopulated) writes: null for each unset singular message field at any depth, while
+    unset oneof members stay out."""
+    sent = {"message": "hi", "inner": {"child": {"note": "deep"}}, "named": {"a": {"level": 2}}}
+    request = (await ok(demo, "POST", "/v1/echo", json=sent))["request"]
+    for key in ("at", "wait", "ratio", "extra", "mask"):  # well-known types are null too
+        assert key in request and request[key] is None, key
+    assert request["inner"]["child"]["note"] == "deep"
+    assert request["inner"]["child"]["child"] is None  # a recursive type, two levels down
+    assert request["named"]["a"] == {"note": "", "level": 2, "child": None}  # map values
+    assert not {"textChoice", "numberChoice"} & request.keys()  # an unset oneof is left out
+    grace = await ok(demo, "POST", "/v1/users", json={"displayName": "Grace Hopper"})
+    assert grace["address"] is None and grace["sessionTtl"] is None
+    listed = (await ok(demo, "GET", "/v1/users?pageSize=100"))["users"]  # repeated messages
+    assert [u["address"] for u in listed if u["id"] == grace["id"]] == [None]
+    assert all("address" in u for u in listed)
+
+
 async def test_json_option_discard_unknown(
     start_bridge: StartBridge, users_server: int, echo_server: int
 ) -> None:
@@ -545,7 +564,7 @@ async def test_json_option_discard_unknown(
     sent = {"message": "hi", "bogus": 1, "inner": {"note": "n", "nope": [1]}}
     body = await ok(bridge, "POST", "/v1/echo", json=sent)
     assert body["request"]["message"] == "hi"
-    assert body["request"]["inner"] == {"note": "n", "level": 0}
+    assert body["request"]["inner"] == {"note": "n", "level": 0, "child": None}
     assert "bogus" not in body["request"]
 
 

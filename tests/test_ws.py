@@ -47,6 +47,14 @@ async def test_unary_call_with_string_and_integer_ids(demo):
             assert status(frames) == OK
 
 
+async def test_messages_are_rendered_like_rest_replies_with_nulls(demo):
+    async with connect(demo.url) as ws:
+        frames = await ws.call(1, "Echo", {"message": "hi", "inner": {"note": "n"}})
+        [reply] = messages(frames)
+        assert reply["request"]["inner"] == {"note": "n", "level": 0, "child": None}
+        assert reply["request"]["at"] is None and "textChoice" not in reply["request"]
+
+
 async def test_server_stream_sends_headers_then_messages_in_order(demo):
     async with connect(demo.url) as ws:
         frames = await ws.call(1, "Tick", {"count": 5, "intervalMs": 10, "prefix": "p"})

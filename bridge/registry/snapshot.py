@@ -282,7 +282,8 @@ def _route(
         template = parse_template(path)
         variables = tuple(v.field_path for v in template.variables)
         request = RequestPlan.build(method.input, pool, body, variables, json.discard_unknown, verb)
-        response = ResponsePlan(
+        response = ResponsePlan.build(
+            method.output.DESCRIPTOR,
             pool,
             json.emit_unpopulated,
             json.use_proto_names,

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import orjson
 from google.protobuf import any_pb2, json_format
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
@@ -27,6 +27,22 @@ class ResponsePlan:
     emit_unpopulated: bool = True
     use_proto_names: bool = False
     field: FieldDescriptor | None = None  # the rule's response_body field, if any
+    nulls: Nulls | None = None  # where unset message fields are written as null
+
+    @classmethod
+    def build(
+        cls,
+        output: Descriptor,
+        pool: DescriptorPool,
+        emit_unpopulated: bool,
+        use_proto_names: bool,
+        field: FieldDescriptor | None,
+    ) -> ResponsePlan:
+        rendered = output  # the message type _message_dict renders at the top
+        if field is not None and field.message_type is not None and not field.is_repeated:
+            rendered = field.message_type
+        nulls = Nulls.of(rendered, use_proto_names) if emit_unpopulated else None
+        return cls(pool, emit_unpopulated, use_proto_names, field, nulls)
 
     def to_dict(self, message: Message) -> Any:
         """The proto3 JSON value of the message (or of its response_body field)."""
@@ -38,18 +54,105 @@ class ResponsePlan:
         return dumps(self.to_dict(message))
 
     def _message_dict(self, message: Message, emit: bool | None = None) -> Any:
-        return json_format.MessageToDict(
+        value = json_format.MessageToDict(
             message,
             always_print_fields_with_no_presence=self.emit_unpopulated if emit is None else emit,
             preserving_proto_field_name=self.use_proto_names,
             descriptor_pool=self.pool,
         )
+        if self.nulls is not None:
+            self.nulls.fill(message, value)
+        return value
 
     def _field_value(self, message: Message, field: FieldDescriptor) -> Any:
         if field.message_type is not None and not field.is_repeated:
             return self._message_dict(getattr(message, field.name))
         data = self._message_dict(message, emit=True)
         return data[field.name if self.use_proto_names else field.json_name]
+
+
+_SINGULAR, _REPEATED, _MAP = range(3)
+
+
+class Nulls:
+    """Where grpc-gateway's marshaler (protojson, EmitUnpopulated) writes ``null`` in a message.
+
+    That is every unset singular message field outside a oneof, in the message and in every
+    message it holds; json_format leaves those out. Built once per route and message type,
+    recursive types included; rendering then only visits the fields that can hold a null.
+    """
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        # (field name, JSON key, _SINGULAR/_REPEATED/_MAP, plan of the field's type or None,
+        #  null when unset)
+        self.entries: list[tuple[str, str, int, Nulls | None, bool]] = []
+
+    @classmethod
+    def of(cls, message: Descriptor, use_proto_names: bool) -> Nulls | None:
+        """The plan for a message type; None when no null can appear in it."""
+        return _NullsBuilder(use_proto_names).useful(message)
+
+    def fill(self, message: Message, value: dict[str, Any]) -> None:
+        """Add the nulls to ``value``, json_format's rendering of ``message``."""
+        for name, key, kind, plan, nullable in self.entries:
+            if kind == _SINGULAR:
+                if message.HasField(name):
+                    if plan is not None:
+                        plan.fill(getattr(message, name), value[key])
+                elif nullable:
+                    value[key] = None
+            elif kind == _REPEATED:
+                for item, rendered in zip(getattr(message, name), value.get(key, ()), strict=False):
+                    plan.fill(item, rendered)  # type: ignore[union-attr]
+            else:
+                rendered_map = value.get(key, {})
+                for k, item in getattr(message, name).items():
+                    plan.fill(item, rendered_map[_map_key(k)])  # type: ignore[union-attr]
+
+
+class _NullsBuilder:
+    """Builds the Nulls plans of one message type and the types it holds, cycles included."""
+
+    def __init__(self, use_proto_names: bool) -> None:
+        self.use_proto_names = use_proto_names
+        self.plans: dict[str, Nulls] = {}
+        self.building: set[str] = set()  # types whose plan is not complete yet
+
+    def useful(self, message: Descriptor | None) -> Nulls | None:
+        """The plan of a field's type when descending into it can add a null, else None."""
+        if message is None or message.full_name.startswith("google.protobuf."):
+            return None  # well-known types have their own JSON forms, not objects of fields
+        if message.full_name in self.building:
+            return self.plans[message.full_name]  # a cycle: assume it can
+        plan = self.plans.get(message.full_name) or self.build(message)
+        return plan if plan.entries else None
+
+    def build(self, message: Descriptor) -> Nulls:
+        plan = self.plans[message.full_name] = Nulls()
+        self.building.add(message.full_name)
+        for f in message.fields:
+            if f.message_type is None:
+                continue
+            key = f.name if self.use_proto_names else f.json_name
+            if f.message_type.GetOptions().map_entry:
+                kind, child = _MAP, self.useful(f.message_type.fields_by_name["value"].message_type)
+            else:
+                kind = _REPEATED if f.is_repeated else _SINGULAR
+                child = self.useful(f.message_type)
+            nullable = kind == _SINGULAR and f.containing_oneof is None  # `optional` too
+            if nullable or child is not None:
+                plan.entries.append((f.name, key, kind, child, nullable))
+        self.building.discard(message.full_name)
+        return plan
+
+
+def _map_key(key: Any) -> str:
+    """A map key as json_format writes it."""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
 
 
 def dumps(value: Any) -> bytes:
