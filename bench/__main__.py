@@ -105,6 +105,7 @@ def run_scenarios(
         ([f"reference_naive_hop_c{c}"], lambda: [s.naive_hop(c)]),
         ([f"reference_grpc_aio_client_c{c}"], lambda: [s.grpc_client(c)]),
         (["direct_grpc_unary_c1", "rest_unary_c1"], lambda: s.unary_pair("small", 1)),
+        (["reference_naive_hop_c1"], lambda: [s.naive_hop(1)]),
         (["reference_grpc_aio_client_c1"], lambda: [s.grpc_client(1)]),
         ([f"direct_grpc_unary_16k_c{c}", f"rest_unary_16k_c{c}"], lambda: s.unary_pair("16k", c)),
     ]  # fmt: skip

@@ -73,8 +73,12 @@ def _ratio_context(by_name: dict[str, Result]) -> str | None:
 
 
 def _latency_context(by_name: dict[str, Result]) -> str | None:
-    added = _value(by_name, "reference_grpc_aio_client_c1", "added_p50_ms")
-    return None if added is None else f"grpc.aio client alone adds {added:+.3f} ms"
+    client = _value(by_name, "reference_grpc_aio_client_c1", "added_p50_ms")
+    hop = _value(by_name, "reference_naive_hop_c1", "added_p50_ms")
+    parts = [] if client is None else [f"grpc.aio client alone adds {client:+.3f} ms"]
+    if hop is not None:
+        parts.append(f"naive hop adds {hop:+.3f} ms")
+    return "; ".join(parts) or None
 
 
 def _stream_context(sockets: int) -> Callable[[dict[str, Result]], str | None]:

@@ -230,6 +230,7 @@ class Scenarios:
         result = _load_result(f"reference_naive_hop_c{connections}", run, usage, bridge=True,
                               ratio=self._ratio(run.rps, base))  # fmt: skip
         result.update(baseline=base, measured="naive hop: aiohttp + json_format + grpc.aio")
+        self._added_p50(result, run.p50_ms, base)
         return result
 
     def grpc_client(self, connections: int) -> Result:
@@ -240,9 +241,7 @@ class Scenarios:
             "--connections", str(connections), "--duration", str(self.plan.duration),
         )  # fmt: skip
         result.update(connections=connections, p50_ms=_r(out["p50_ms"]), p99_ms=_r(out["p99_ms"]))
-        direct_p50 = self.baselines.get(base, {}).get("p50_ms")
-        if direct_p50 is not None and out["p50_ms"] is not None:
-            result["added_p50_ms"] = _r(out["p50_ms"] - direct_p50)
+        self._added_p50(result, out["p50_ms"], base)
         return result
 
     def grpc_client_streams(self, streams: int) -> Result:
@@ -274,6 +273,11 @@ class Scenarios:
             "requests": out["count"], "seconds": _r(out["seconds"], 2),
             "measured": "the grpc.aio client process alone", "tool": "bench.reference",
         }, out  # fmt: skip
+
+    def _added_p50(self, result: Result, p50_ms: float | None, baseline: str) -> None:
+        direct_p50 = self.baselines.get(baseline, {}).get("p50_ms")
+        if direct_p50 is not None and p50_ms is not None:
+            result["added_p50_ms"] = _r(p50_ms - direct_p50)
 
     def _ratio(self, rps: float, baseline: str) -> float | None:
         base = self.baselines.get(baseline, {}).get("rps")

@@ -129,7 +129,7 @@ BAD_INPUT: Final = [
     # RFC 8259 JSON only: proto3 JSON spells these values "NaN" and "Infinity", as strings.
     pytest.param("POST", ECHO, raw(b'{"small": NaN}'), ["JSON"], id="nan-literal"),
     pytest.param("POST", ECHO, raw(b'{"small": -Infinity}'), ["JSON"], id="infinity-literal"),
-    pytest.param("POST", ECHO, raw(b'\xff\xfe{\x00}\x00'), ["JSON"], id="utf-16-body"),
+    pytest.param("POST", ECHO, raw(b"\xff\xfe{\x00}\x00"), ["JSON"], id="utf-16-body"),
     pytest.param("POST", ECHO, raw(b"[1, 2]"), ["JSON object"], id="body-star-array"),
     pytest.param("POST", ECHO, raw(b'"text"'), ["JSON object"], id="body-star-string"),
     pytest.param("POST", ECHO, raw(b"42"), ["JSON object"], id="body-star-number"),
