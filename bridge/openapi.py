@@ -449,8 +449,14 @@ class _Schemas:
         return {"type": "object", "description": about, "properties": properties}
 
     def described(self, f: FieldDescriptor) -> Schema:
-        """The field's schema, naming its oneof (not protoc's ``_name`` one for ``optional``)."""
+        """The field's schema, naming its oneof (not protoc's ``_name`` one for ``optional``).
+
+        A singular message field may be null: replies write an unset one as null
+        (``json.emit_unpopulated``), and requests may send null for "not set".
+        """
         schema = self.field(f)
+        if f.message_type is not None and not f.is_repeated:
+            schema = _nullable(schema)
         group = f.containing_oneof
         if group is not None and not (len(group.fields) == 1 and group.name == f"_{f.name}"):
             names = ", ".join(f"`{self.key(m)}`" for m in group.fields)
@@ -470,6 +476,16 @@ class _Schemas:
                 properties = {self.key(f): self.described(f) for f in descriptor.fields}
                 self.done[name] = {"type": "object", "properties": properties}
         return dict(sorted(self.done.items()))
+
+
+def _nullable(schema: Schema) -> Schema:
+    """The schema, or null."""
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    kind = schema.get("type")
+    if kind is None or kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return schema  # any JSON value, or already nullable
+    return {**schema, "type": [*kind, "null"] if isinstance(kind, list) else [kind, "null"]}
 
 
 def _wrapped(wrapper: Descriptor) -> Schema:

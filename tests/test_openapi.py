@@ -230,24 +230,28 @@ def test_server_streaming_is_ndjson_or_sse(doc):
 def test_message_schemas_follow_the_proto3_json_mapping(doc):
     user = doc["components"]["schemas"]["demo.users.v1.User"]["properties"]
     assert user["karma"] == {"type": "string", "format": "int64"}
-    assert user["createTime"] == {"type": "string", "format": "date-time"}
+    # a singular message field may be null: unset ones are written as null
+    assert user["createTime"] == {"type": ["string", "null"], "format": "date-time"}
     assert user["nickname"] == {"type": ["string", "null"]}
     assert user["age"] == {"type": ["integer", "null"], "format": "int32"}
     assert user["avatar"] == {"type": "string", "format": "byte"}
     assert user["labels"] == {"type": "object", "additionalProperties": {"type": "string"}}
     assert user["tags"] == {"type": "array", "items": {"type": "string"}}
-    assert user["address"] == {"$ref": "#/components/schemas/demo.users.v1.Address"}
-    assert user["sessionTtl"]["type"] == "string"
+    address = {"$ref": "#/components/schemas/demo.users.v1.Address"}
+    assert user["address"] == {"anyOf": [address, {"type": "null"}]}
+    assert user["sessionTtl"]["type"] == ["string", "null"]
     assert "oneof `contact`" in user["phone"]["description"]
     echo = doc["components"]["schemas"]["demo.echo.v1.EchoRequest"]["properties"]
     assert echo["big"] == {"type": "string", "format": "uint64"}
     assert echo["numbers"] == {"type": "array", "items": {"type": "string", "format": "int64"}}
-    assert echo["extra"] == {"type": "object", "additionalProperties": True}
+    assert echo["extra"] == {"type": ["object", "null"], "additionalProperties": True}
     assert echo["named"]["additionalProperties"] == {
         "$ref": "#/components/schemas/demo.echo.v1.EchoRequest.Inner"
     }
     inner = doc["components"]["schemas"]["demo.echo.v1.EchoRequest.Inner"]["properties"]
-    assert inner["child"] == {"$ref": "#/components/schemas/demo.echo.v1.EchoRequest.Inner"}
+    child = {"$ref": "#/components/schemas/demo.echo.v1.EchoRequest.Inner"}
+    assert inner["child"] == {"anyOf": [child, {"type": "null"}]}
+    assert echo["mask"]["type"] == ["string", "null"]  # map values and list items are not
 
 
 def test_proto_names_on_request(demo_protos):
