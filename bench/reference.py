@@ -6,7 +6,8 @@ time: the least any bridge built on grpc.aio can spend per call on this machine.
 
 ``hop``: the naive single-process hop the benchmark issue measures against, an aiohttp handler
 that parses the body with json_format, makes one grpc.aio call and prints the reply with
-json_format. wrk drives it like the bridge, so it is the machine's own price of a hop.
+json_format, over a channel with the bridge's options. wrk drives it like the bridge, so it is
+the machine's own price of a hop, and the difference is the bridge's own work.
 """
 
 from __future__ import annotations  # noqa: I001  (services before demo.*)
