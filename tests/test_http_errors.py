@@ -8,10 +8,16 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+import orjson
 import pytest
 from yarl import URL
 
+import services  # noqa: F401  (puts the generated code on sys.path)
+from bridge.errors import BridgeError
+from bridge.transcode.request import mask_paths
 from tests.conftest import Bridge, StartBridge, demo_config
+
+from demo.echo.v1 import echo_pb2
 
 BAD_REQUEST_DETAIL: Final = {
     "@type": "type.googleapis.com/google.rpc.BadRequest",
@@ -289,6 +295,16 @@ async def test_deep_nesting_is_forwarded_or_400(
         assert_status_body(body, 3)
         assert "deep" in body["message"].lower(), body["message"]
     await assert_still_serving(demo)
+
+
+def test_inferring_a_patch_mask_stops_at_protobufs_depth() -> None:
+    """A recursive body 1,000 levels deep (the JSON parser allows 1,024) is a 400, not a
+    RecursionError while the update_mask is inferred from it."""
+    inner = echo_pb2.EchoRequest.Inner.DESCRIPTOR
+    assert mask_paths(inner, orjson.loads(nested(99, "child", "{}"))) == ["child." * 98 + "child"]
+    with pytest.raises(BridgeError) as raised:
+        mask_paths(inner, orjson.loads(nested(1000, "child", "{}")))
+    assert raised.value.code == 3 and "deep" in raised.value.message
 
 
 @pytest.fixture

@@ -244,8 +244,17 @@ def decode_json(body: bytes) -> Any:
         raise invalid_argument(f"request body is not valid JSON: {exc}") from None
 
 
-def mask_paths(message: Descriptor, value: dict[str, Any], prefix: str = "") -> list[str]:
-    """FieldMask paths (JSON spelling) of the fields set in a JSON object, nested messages too."""
+def mask_paths(
+    message: Descriptor, value: dict[str, Any], prefix: str = "", depth: int = 1
+) -> list[str]:
+    """FieldMask paths (JSON spelling) of the fields set in a JSON object, nested messages too.
+
+    Deeper than protobuf's limit is a 400 here, before the recursion could reach Python's.
+    """
+    if depth > MAX_WIRE_DEPTH:
+        raise invalid_argument(
+            f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)"
+        )
     paths = []
     for key, item in value.items():
         f = find_field(message, key)
@@ -253,8 +262,15 @@ def mask_paths(message: Descriptor, value: dict[str, Any], prefix: str = "") -> 
             continue  # json_format reports the unknown field
         path = prefix + camel_case(f.name)
         nested = f.message_type
-        if isinstance(item, dict) and nested is not None and not is_map(f) and not is_wkt(nested):
-            paths.extend(mask_paths(nested, item, path + "."))
+        # An empty object is a leaf, as in grpc-gateway: `{"address": {}}` masks `address`.
+        if (
+            item
+            and isinstance(item, dict)
+            and nested is not None
+            and not is_map(f)
+            and not is_wkt(nested)
+        ):
+            paths.extend(mask_paths(nested, item, path + ".", depth + 1))
         else:
             paths.append(path)
     return paths
