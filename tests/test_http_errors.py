@@ -346,6 +346,12 @@ async def test_body_just_under_max_body_is_served(small_bridge: Bridge) -> None:
     assert len(body["message"]) == 1024 - len(b'{"message": ""}')
 
 
+async def test_a_utf8_byte_order_mark_is_ignored(demo):
+    data = b"\xef\xbb\xbf" + json.dumps({"message": "bom"}).encode()
+    status, reply, _ = await call(demo, "POST", ECHO, **raw(data))
+    assert status == 200 and reply["message"] == "bom", reply
+
+
 async def test_unpaired_surrogate_in_a_string_is_a_400(demo):
     body = b'{"message": "ok \\ud800 then"}'
     status, error, _ = await demo.json(

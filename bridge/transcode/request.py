@@ -40,6 +40,7 @@ from bridge.transcode.fields import (
 )
 
 _QUERY_CACHE_MAX: Final = 256
+_BOM: Final = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 
 
 class _SurrogateCheck:
@@ -235,7 +236,13 @@ class RequestPlan:
 
 
 def decode_json(body: bytes) -> Any:
-    """Parse a JSON body (UTF-8, RFC 8259); malformed or too deeply nested JSON is a 400."""
+    """Parse a JSON body (UTF-8, RFC 8259); malformed or too deeply nested JSON is a 400.
+
+    A leading UTF-8 byte order mark is ignored, as RFC 8259 section 8.1 allows (some Windows
+    clients send one).
+    """
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :]
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
