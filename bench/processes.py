@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -169,15 +170,29 @@ def _spawn(name: str, args: list[str], log: Path, port: int) -> Service:
     return Service(name, process, port, log)
 
 
-def _started(service: Service, what: str) -> Service:
-    """Wait until the service logs that it listens; BenchError if it exits or takes too long."""
+def _wait_until(service: Service, ready: Callable[[], bool], failed: str) -> Service:
+    """Wait for ``ready()``; BenchError if the service exits or takes too long.
+
+    A service that never gets ready is stopped before the error is raised (also on Ctrl-C):
+    nothing else holds it, so it would outlive the bench.
+    """
     deadline = time.monotonic() + READY_SECONDS
-    while "listening on" not in service.log_tail():
-        service.check_alive()
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not start:\n{service.log_tail()}")
-        time.sleep(0.05)
+    try:
+        while not ready():
+            service.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{failed}:\n{service.log_tail()}")
+            time.sleep(0.05)
+    except BaseException:
+        service.stop()
+        raise
     return service
+
+
+def _started(service: Service, what: str) -> Service:
+    """Wait until the service logs that it listens."""
+    return _wait_until(service, lambda: "listening on" in service.log_tail(),
+                       f"{what} did not start")  # fmt: skip
 
 
 def start_backend(workdir: Path) -> Service:
@@ -222,13 +237,8 @@ def start_bridge(workdir: Path, backend_port: int, workers: int) -> Service:
     args = ["-m", "bridge.cli", "serve", "--config", str(config),
             "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]  # fmt: skip
     service = _spawn("bridge", args, workdir / "bridge.log", port)
-    deadline = time.monotonic() + READY_SECONDS
-    while not (_listening(service) >= workers and _ready(port)):
-        service.check_alive()
-        if time.monotonic() > deadline:
-            raise BenchError(f"the bridge did not become ready:\n{service.log_tail()}")
-        time.sleep(0.1)
-    return service
+    return _wait_until(service, lambda: _listening(service) >= workers and _ready(port),
+                       "the bridge did not become ready")  # fmt: skip
 
 
 def _listening(service: Service) -> int:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import processes
 from bench.load import parse_h2load, parse_wrk, percentile
+from bench.processes import BenchError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_KEYS = {"scenario", "rps", "p50_ms", "p99_ms", "cpu_us_per_req", "ratio_to_direct"}
@@ -115,3 +117,13 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 50) is None
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+def test_a_service_that_never_gets_ready_is_stopped(tmp_path: Path, monkeypatch) -> None:
+    """Otherwise a bridge that fails to start would outlive the bench that started it."""
+    monkeypatch.setattr(processes, "READY_SECONDS", 0.3)
+    service = processes._spawn("idle", ["-c", "import time; time.sleep(60)"],
+                               tmp_path / "idle.log", 0)  # fmt: skip
+    with pytest.raises(BenchError, match="never ready"):
+        processes._wait_until(service, lambda: False, "never ready")
+    assert service.process.poll() is not None  # stopped, not left running
