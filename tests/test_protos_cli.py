@@ -96,18 +96,9 @@ async def test_add_list_remove(start_bridge: StartBridge, shop: TeamServer, root
     bridge = await start_bridge(admin_config())
     cart = str(root / "acme/shop/v1/cart.proto")  # a path, named relative to -I as protoc does
 
-    code, out, err = await bridge_cli(
-        "add",
-        cart,
-        "--name",
-        "shop",
-        "--target",
-        shop.target,
-        "-I",
-        str(root),
-        cwd=root.parent,
-        admin_url=bridge.url,
-    )
+    add = ["add", cart, "--name", "shop", "--target", shop.target, "-I", str(root)]
+
+    code, out, err = await bridge_cli(*add, cwd=root.parent, admin_url=bridge.url)
     assert code == 0, err
     assert out.splitlines() == [
         "registered 'shop': acme.shop.v1.CartService",
@@ -120,18 +111,7 @@ async def test_add_list_remove(start_bridge: StartBridge, shop: TeamServer, root
     status, body, _ = await bridge.json("GET", "/v1/carts/c7")
     assert (status, body) == (200, {"name": "carts/c7", "total": {"currency": "EUR", "units": "3"}})
 
-    code, out, err = await bridge_cli(
-        "add",
-        cart,
-        "--name",
-        "shop",
-        "--target",
-        shop.target,
-        "-I",
-        str(root),
-        cwd=root.parent,
-        admin_url=bridge.url,
-    )
+    code, out, err = await bridge_cli(*add, cwd=root.parent, admin_url=bridge.url)
     assert code == 0 and out.startswith("replaced 'shop'"), (out, err)
 
     code, out, err = await bridge_cli("list", cwd=root, admin_url=bridge.url)

@@ -19,7 +19,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
-from bridge.errors import invalid_argument
+from bridge.errors import BridgeError, invalid_argument
 from bridge.transcode.fields import (
     MAX_WIRE_DEPTH,
     FieldError,
@@ -192,9 +192,7 @@ class RequestPlan:
             except FieldError as exc:
                 raise invalid_argument(str(exc)) from None
         if self.check_depth and too_deep(message):
-            raise invalid_argument(
-                f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)"
-            )
+            raise _nested_too_deeply()
         return message
 
     def _require_object(self, value: Any, what: str) -> None:
@@ -235,6 +233,10 @@ class RequestPlan:
         return path
 
 
+def _nested_too_deeply() -> BridgeError:
+    return invalid_argument(f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)")
+
+
 def decode_json(body: bytes) -> Any:
     """Parse a JSON body (UTF-8, RFC 8259); malformed or too deeply nested JSON is a 400.
 
@@ -259,9 +261,7 @@ def mask_paths(
     Deeper than protobuf's limit is a 400 here, before the recursion could reach Python's.
     """
     if depth > MAX_WIRE_DEPTH:
-        raise invalid_argument(
-            f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)"
-        )
+        raise _nested_too_deeply()
     paths = []
     for key, item in value.items():
         f = find_field(message, key)

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
 
 from bridge.errors import BridgeError
+from bridge.transcode.fields import is_map, is_wkt
 
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 
@@ -122,7 +123,7 @@ class _NullsBuilder:
 
     def useful(self, message: Descriptor | None) -> Nulls | None:
         """The plan of a field's type when descending into it can add a null, else None."""
-        if message is None or message.full_name.startswith("google.protobuf."):
+        if message is None or is_wkt(message):
             return None  # well-known types have their own JSON forms, not objects of fields
         if message.full_name in self.building:
             return self.plans[message.full_name]  # a cycle: assume it can
@@ -136,7 +137,7 @@ class _NullsBuilder:
             if f.message_type is None:
                 continue
             key = f.name if self.use_proto_names else f.json_name
-            if f.message_type.GetOptions().map_entry:
+            if is_map(f):
                 kind, child = _MAP, self.useful(f.message_type.fields_by_name["value"].message_type)
             else:
                 kind = _REPEATED if f.is_repeated else _SINGULAR

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from bridge.errors import INVALID_ARGUMENT, BridgeError
+from bridge.transcode.response import dumps  # frames are compact UTF-8 JSON too
 
 CallId = str | int
 
@@ -57,11 +58,6 @@ def parse(text: str) -> Frame:
         end=data.get("end") is True,
         cancel=data.get("cancel") is True,
     )
-
-
-def dumps(frame: dict[str, Any]) -> bytes:
-    """A frame as compact UTF-8 JSON, the payload of one WebSocket text message."""
-    return orjson.dumps(frame)
 
 
 def error(code: int, message: str) -> bytes:
