@@ -13,11 +13,17 @@ from grpc_health.v1 import health_pb2
 
 from bridge.config import UpstreamSettings
 
+# How long one connection attempt (TCP, TLS, the server's HTTP/2 SETTINGS) may take.
+CONNECT_TIMEOUT_MS: Final = 20_000
 # Reconnect quickly after a backend restart instead of grpc's default of up to two minutes.
 CHANNEL_OPTIONS: Final = (
+    # The wait before the first retry, growing x1.6 (jitter 0.2) to at most 1 s.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Despite its name this is gRPC core's MIN_CONNECT_TIMEOUT (doc/connection-backoff.md): an
+    # attempt's deadline is max(now + backoff, now + this). Set to the backoff's 100 ms, a
+    # backend whose handshake took longer was never reached. gRPC's default, made explicit.
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
