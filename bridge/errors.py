@@ -48,6 +48,11 @@ INTERNAL: Final = 13
 UNAVAILABLE: Final = 14
 UNAUTHENTICATED: Final = 16
 
+# RFC 9110 section 11.6.1: every 401 carries a challenge. Errors that bring their own (the admin
+# API's, an auth policy's) keep it; any other 401, a backend's UNAUTHENTICATED among them, gets
+# this one: the bridge forwards bearer tokens (``authorization``) to the backends.
+DEFAULT_CHALLENGE: Final = 'Bearer realm="bridge"'
+
 
 def http_status(code: int) -> int:
     """The HTTP status for a gRPC status code (unknown codes are a 500, as grpc-gateway does)."""
@@ -87,6 +92,8 @@ def invalid_argument(message: str) -> BridgeError:
 def error_response(error: BridgeError, headers: dict[str, str] | None = None) -> web.Response:
     """Render an error as its HTTP status with a google.rpc.Status JSON body."""
     merged = {**error.headers, **(headers or {})}
+    if error.status == 401 and not any(k.lower() == "www-authenticate" for k in merged):
+        merged["WWW-Authenticate"] = DEFAULT_CHALLENGE
     return web.Response(
         status=error.status,
         body=json.dumps(error.to_status()).encode(),

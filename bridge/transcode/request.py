@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -20,6 +19,7 @@ from google.protobuf.message import Message
 from multidict import MultiMapping
 
 from bridge.errors import BridgeError, invalid_argument
+from bridge.transcode import json_text
 from bridge.transcode.fields import (
     MAX_WIRE_DEPTH,
     FieldError,
@@ -40,7 +40,6 @@ from bridge.transcode.fields import (
 )
 
 _QUERY_CACHE_MAX: Final = 256
-_BOM: Final = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 
 
 class _SurrogateCheck:
@@ -238,17 +237,11 @@ def _nested_too_deeply() -> BridgeError:
 
 
 def decode_json(body: bytes) -> Any:
-    """Parse a JSON body (UTF-8, RFC 8259); malformed or too deeply nested JSON is a 400.
-
-    A leading UTF-8 byte order mark is ignored, as RFC 8259 section 8.1 allows (some Windows
-    clients send one).
-    """
-    if body.startswith(_BOM):
-        body = body[len(_BOM) :]
+    """Parse a JSON body (json_text.loads: UTF-8, RFC 8259, no repeated names); else a 400."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if "depth limit" in str(exc):
+        return json_text.loads(body)
+    except json_text.JsonError as exc:
+        if exc.too_deep:
             raise invalid_argument("request JSON is nested too deeply") from None
         raise invalid_argument(f"request body is not valid JSON: {exc}") from None
 

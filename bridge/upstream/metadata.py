@@ -27,8 +27,9 @@ _STRIPPED: Final = frozenset(
         "content-type", "user-agent", FORWARDED_FOR, REQUEST_ID, SUBJECT,
     }
 )  # fmt: skip
-_KEY: Final = re.compile(r"^[0-9a-z_.-]+$")
-_TIMEOUT: Final = re.compile(r"^(\d{1,8})([HMSmun])$")
+_KEY: Final = re.compile(r"[0-9a-z_.-]+")  # gRPC's Header-Name, lowercase as HTTP/2 sends it
+# ASCII digits only: the gRPC grammar's TimeoutValue is 1*8 DIGIT, and \d would take "\u0661".
+_TIMEOUT: Final = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -40,33 +41,58 @@ def request_metadata(
     request_id: str,
     max_bytes: int,
 ) -> Metadata:
-    """The metadata sent to the backend for these request headers; a 400 for bad values."""
+    """The metadata sent to the backend for these request headers; a 400 for bad entries."""
     metadata: Metadata = [(REQUEST_ID, request_id)]
     if peer:
         metadata.append((FORWARDED_FOR, peer))
     headers = list(headers)
     # Headers the client names in Connection are for this hop only (RFC 9110 7.6.1).
     hop_only = _connection_options(headers)
-    pairs = (
-        (_metadata_key(name.lower(), forward), value)
+    entries = (
+        (key, value, f"header '{name}'")
         for name, value in headers
         if name.lower() not in hop_only
+        and (key := _metadata_key(name.lower(), forward)) is not None
     )
-    return extend_metadata(metadata, pairs, max_bytes)
+    return _extend(metadata, entries, max_bytes)
 
 
 def extend_metadata(
     metadata: Metadata, pairs: Iterable[tuple[str | None, object]], max_bytes: int
 ) -> Metadata:
-    """``metadata`` plus client-given entries, each checked; None keys are skipped."""
+    """``metadata`` plus client-given entries (a WebSocket start frame's), each checked.
+
+    None keys are skipped; reserved keys are dropped; any other entry the bridge cannot
+    forward as given is a 400 naming it (see ``_extend``).
+    """
+    entries = ((key, value, f"metadata {key!r}") for key, value in pairs if key is not None)
+    return _extend(metadata, entries, max_bytes)
+
+
+def _extend(
+    metadata: Metadata, entries: Iterable[tuple[str, object, str]], max_bytes: int
+) -> Metadata:
+    """``metadata`` plus (key, value, what to call it in an error) entries from a client.
+
+    One rule for REST headers and WebSocket metadata: keys that are reserved (hop-by-hop,
+    ``grpc-*``, the bridge's own) are never forwarded and so dropped silently, which also
+    means they cannot be spoofed; anything else that cannot be forwarded exactly as given
+    (a key gRPC does not allow, a value that is not printable ASCII on a non ``-bin`` key,
+    bad base64 on a ``-bin`` key) is refused with a 400 rather than silently changed or lost.
+    """
     out = list(metadata)
     size = sum(len(k) + len(v) for k, v in out)
-    for key, value in pairs:
-        if key is None or not _allowed(key):
+    for key, value, what in entries:
+        if _reserved(key):
             continue
+        if _KEY.fullmatch(key) is None:
+            raise invalid_argument(
+                f"{what}: {key!r} is not a valid metadata key "
+                "(lowercase letters, digits, '-', '_' and '.' only)"
+            )
         if not isinstance(value, str):
-            raise invalid_argument(f"metadata '{key}' must be a string")
-        converted = _metadata_value(key, value)
+            raise invalid_argument(f"{what} must be a string")
+        converted = _metadata_value(key, value, what)
         size += len(key) + len(converted)
         if size > max_bytes:
             raise invalid_argument(f"request metadata exceeds {max_bytes} bytes in total")
@@ -87,36 +113,34 @@ def _connection_options(headers: list[tuple[str, str]]) -> frozenset[str]:
 
 def _metadata_key(name: str, forward: frozenset[str]) -> str | None:
     if name.startswith(METADATA_PREFIX):
-        key = name[len(METADATA_PREFIX) :]
-    elif name in forward:
-        key = name
-    else:
-        return None
-    return key
+        return name[len(METADATA_PREFIX) :]
+    if name in forward:
+        return name
+    return None
 
 
-def _allowed(key: str) -> bool:
-    """Whether a client may set this metadata key (not reserved, not the bridge's own)."""
-    return key not in _STRIPPED and not key.startswith("grpc-") and _KEY.match(key) is not None
+def _reserved(key: str) -> bool:
+    """Whether a key is one clients never set: hop-by-hop, gRPC's own, or the bridge's."""
+    return key in _STRIPPED or key.startswith("grpc-")
 
 
-def _metadata_value(key: str, value: str) -> str | bytes:
+def _metadata_value(key: str, value: str, what: str) -> str | bytes:
     if "\r" in value or "\n" in value:
-        raise invalid_argument(f"metadata '{key}' contains CR or LF")
+        raise invalid_argument(f"{what} contains CR or LF")
     if key.endswith("-bin"):
-        return decode_base64(key, value)
+        return decode_base64(value, what)
     if not value.isascii() or not value.isprintable():
-        raise invalid_argument(f"metadata '{key}' must be printable ASCII (use a -bin key)")
+        raise invalid_argument(f"{what} must be printable ASCII (use a -bin key)")
     return value
 
 
-def decode_base64(key: str, value: str) -> bytes:
+def decode_base64(value: str, what: str) -> bytes:
     """Decode a ``-bin`` value, standard or URL-safe alphabet, padding optional."""
     text = value.strip().replace("-", "+").replace("_", "/")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise invalid_argument(f"metadata '{key}' is not valid base64") from None
+        raise invalid_argument(f"{what} is not valid base64") from None
 
 
 def request_id(headers: Mapping[str, str]) -> str:
@@ -138,7 +162,7 @@ def new_request_id() -> str:
 
 def parse_grpc_timeout(text: str) -> float:
     """Seconds for a gRPC ``grpc-timeout`` value such as ``500m``; a 400 when malformed."""
-    m = _TIMEOUT.match(text.strip())
+    m = _TIMEOUT.fullmatch(text.strip(" \t"))  # HTTP's optional whitespace, no more
     if m is None:
         raise invalid_argument(
             f"grpc-timeout '{text}' is malformed (up to 8 digits, then one of H M S m u n)"

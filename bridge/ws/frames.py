@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from bridge.errors import INVALID_ARGUMENT, BridgeError
+from bridge.transcode import json_text
 from bridge.transcode.response import dumps  # frames are compact UTF-8 JSON too
 
 CallId = str | int
@@ -37,8 +36,8 @@ class FrameError(BridgeError):
 def parse(text: str) -> Frame:
     """A client frame; FrameError when it is not JSON, not an object, or has no usable id."""
     try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+        data = json_text.loads(text)
+    except json_text.JsonError as exc:
         raise FrameError(f"frame is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise FrameError("frame must be a JSON object")
