@@ -141,7 +141,9 @@ async def compile_protos(
         stdout, stderr = await proc.communicate()
         if proc.returncode != 0:
             text = (stderr or stdout).decode("utf-8", "replace")
-            raise CompileError([_relative(d, roots) for d in parse_diagnostics(text)])
+            found = [_relative(d, roots) for d in parse_diagnostics(text)]
+            # A protoc that died (killed, out of memory) says nothing: name the exit at least.
+            raise CompileError(found or [Diagnostic("", 0, 0, f"protoc exited {proc.returncode}")])
         data = await asyncio.to_thread(Path(out).read_bytes)
     return descriptor_pb2.FileDescriptorSet.FromString(data)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -20,29 +19,23 @@ from bridge import errors
 from bridge.config import Settings, UpstreamSettings
 from bridge.errors import BridgeError
 from bridge.registry import Registry
-from bridge.registry.compiler import (
-    BUNDLED_PACKAGES,
-    CompileError,
-    compile_protos,
-    include_root,
-)
+from bridge.registry.compiler import CompileError, compile_protos, include_root
 from bridge.registry.reflection import ReflectionError, discover
 from bridge.registry.snapshot import (
-    INCLUDE,
     JsonShape,
     ProtoSet,
     Snapshot,
     SnapshotError,
     build_snapshot,
 )
-from bridge.registry.store import NAME, FileStore, Registration
+from bridge.registry.store import FileStore, Registration, Signature
+from bridge.registry.upload import check_registration, folder_clash, shown, write_tree
 from bridge.upstream.pool import Upstreams
 
 log = logging.getLogger("bridge.registry")
 
-_RESERVED: Final = tuple(f"{p}/" for p in ("google/protobuf", *BUNDLED_PACKAGES))
-_MAX_FILES: Final = 500
-_TARGET: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$|^unix:/\S+$")
+WATCH_INTERVAL: Final = 1.0  # seconds between looks at the store
+MAX_WATCH_BACKOFF: Final = 30.0  # the longest pause between tries while the store fails
 
 
 @dataclass(frozen=True)
@@ -65,6 +58,7 @@ class Registrar:
         self.entries: dict[str, Entry] = {}
         self.reflected: dict[str, ProtoSet] = {}
         self._lock = asyncio.Lock()
+        self._restored = False  # whether restore() read the store (the watcher syncs if not)
         # The config is frozen: resolve its include roots once, not per upload.
         self._include_roots = [include_root(p) for p in settings.protos_include if p.exists()]
         self._json = JsonShape(
@@ -74,8 +68,17 @@ class Registrar:
         )
 
     async def restore(self) -> None:
-        """Bring back stored registrations and reflected upstreams; bad ones are logged, skipped."""
-        await self._restore_registrations(await asyncio.to_thread(self.store.load))
+        """Bring back stored registrations and reflected upstreams; bad ones are logged, skipped.
+
+        A store that cannot be read at all is logged; the watcher applies it once it can.
+        """
+        try:
+            stored = await asyncio.to_thread(self.store.load)
+        except OSError as exc:
+            log.error("protos.store: cannot read it: %s; starting without its registrations", exc)
+        else:
+            await self._restore_registrations(stored)
+            self._restored = True
         for name, upstream in self.settings.upstreams.items():
             if upstream.reflection:
                 try:
@@ -89,13 +92,20 @@ class Registrar:
     async def register(
         self, registration: Registration, *, persist: bool = True
     ) -> tuple[bool, Snapshot]:
-        """Compile and serve a registration: (replaced, snapshot), or a BridgeError if refused."""
-        upstream, protos = await self._prepare(registration)
-        async with self._lock:
-            return await self._apply(registration, upstream, protos, persist)
+        """Compile and serve a registration: (replaced, snapshot), or a BridgeError if refused.
+
+        A failure of this host (no temporary folder, no process for protoc, a store that cannot
+        be written) is a 503 that changes nothing.
+        """
+        try:
+            upstream, protos = await self._prepare(registration)
+            async with self._lock:
+                return await self._apply(registration, upstream, protos, persist)
+        except OSError as exc:
+            raise _unavailable(f"cannot register '{registration.name}' now", exc) from None
 
     async def _prepare(self, registration: Registration) -> tuple[str, ProtoSet]:
-        _check_registration(registration)
+        check_registration(registration)
         upstream = self._upstream_name(registration)
         return upstream, await self._compile(registration, upstream)
 
@@ -105,27 +115,44 @@ class Registrar:
         """Swap in a snapshot with this registration; the caller holds the lock."""
         previous = self.entries.get(registration.name)
         self._check_importers(registration.name, registration.files)
+        self._check_folders(registration)
         entries = {**self.entries, registration.name: Entry(registration, protos)}
         snapshot = await self._build(entries, self.reflected)
+        if persist:  # first: a store that fails leaves everything as it was
+            await asyncio.to_thread(self.store.save, registration)
         if registration.targets:
             self.upstreams.replace(_owned_upstream(registration, upstream))
         elif previous is not None and previous.registration.targets:
             self.upstreams.discard(f"registration:{registration.name}")
-        if persist:
-            await asyncio.to_thread(self.store.save, registration)
         self.entries = entries
         self.registry.snapshot = snapshot
         return previous is not None, snapshot
 
-    async def watch(self, interval: float = 1.0) -> None:
-        """Follow registrations other processes write to the same store (``--workers N``)."""
-        seen = await asyncio.to_thread(self.store.signature)
+    async def watch(
+        self, interval: float = WATCH_INTERVAL, longest: float = MAX_WATCH_BACKOFF
+    ) -> None:
+        """Follow registrations other processes write to the same store (``--workers N``).
+
+        Nothing ends the watch but cancellation. When the store cannot be read or applied (out
+        of file descriptors, its folder replaced), the first failure is logged, tries go on
+        after pauses doubling from ``interval`` up to ``longest``, and the recovery is logged
+        and followed by a full sync, since changes may have been missed meanwhile.
+        """
+        outage = _Outage(interval, longest)
+        seen: Signature | None = None
+        missed = not self._restored
         while True:
+            try:
+                current = await asyncio.to_thread(self.store.signature)
+                if missed or (seen is not None and current != seen):
+                    await self.sync()
+            except Exception as exc:  # one failure, whatever it is, must not end the watch
+                missed = True
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            seen, missed = current, False
+            outage.ended()
             await asyncio.sleep(interval)
-            current = await asyncio.to_thread(self.store.signature)
-            if current != seen:
-                seen = current
-                await self.sync()
 
     async def sync(self) -> None:
         """Make the live registrations match the store: add, replace and drop as it says.
@@ -134,10 +161,13 @@ class Registrar:
         at the same time lands after the sync and is never overwritten by an older file.
         """
         async with self._lock:
-            stored = {r.name: r for r in await asyncio.to_thread(self.store.load)}
+            listing = await asyncio.to_thread(self.store.listing)
+            stored = {r.name: r for r in listing.registrations}
             changed = [r for name, r in stored.items() if self._registration(name) != r]
             await _in_passes(changed, self._apply_stored)
-            for name in [n for n in self.entries if n not in stored]:
+            # An entry the store could not read now is kept: it was not removed.
+            gone = [n for n in self.entries if n not in stored and n not in listing.unreadable]
+            for name in gone:
                 try:
                     await self._remove(name, persist=False)
                 except BridgeError as exc:
@@ -152,8 +182,11 @@ class Registrar:
         return entry.registration if entry is not None else None
 
     async def remove(self, name: str) -> None:
-        async with self._lock:
-            await self._remove(name, persist=True)
+        try:
+            async with self._lock:
+                await self._remove(name, persist=True)
+        except OSError as exc:
+            raise _unavailable(f"cannot remove '{name}' now", exc) from None
 
     async def _remove(self, name: str, *, persist: bool) -> None:
         """Swap in a snapshot without this registration; the caller holds the lock."""
@@ -188,6 +221,21 @@ class Registrar:
             self.registry.snapshot = await self._build(self.entries, reflected)
             self.reflected = reflected
         return protos
+
+    def _check_folders(self, registration: Registration) -> None:
+        """Refuse a file that is a folder of another registration's file, or the reverse."""
+        others = {n: e.registration for n, e in self.entries.items() if n != registration.name}
+        clash = folder_clash(registration.files, (f for r in others.values() for f in r.files))
+        if clash is None:
+            return
+        folder, below = clash
+        theirs = folder if below in registration.files else below
+        owner = next(n for n, r in sorted(others.items()) if theirs in r.files)
+        if theirs == folder:
+            problem = f"{shown(below)} needs a folder {shown(folder)}, which is a file of '{owner}'"
+        else:
+            problem = f"{shown(folder)} is the folder of {shown(below)}, a file of '{owner}'"
+        raise errors.invalid_argument(f"files: {problem}")
 
     def _check_importers(self, name: str, kept: Collection[str]) -> None:
         """Refuse to take away a file another registration imports from ``name``.
@@ -240,8 +288,8 @@ class Registrar:
                 for entry in self.entries.values() if entry.registration.name != registration.name
                 for name, text in entry.registration.files.items()
             }  # fmt: skip
-            await asyncio.to_thread(_write_tree, upload, registration.files)
-            await asyncio.to_thread(_write_tree, others, others_files)
+            await asyncio.to_thread(write_tree, upload, registration.files)
+            await asyncio.to_thread(write_tree, others, others_files)
             roots = [upload, *self._include_roots, others]
             try:
                 files = await compile_protos(sorted(registration.files), roots)
@@ -288,51 +336,34 @@ async def _in_passes(
         pending = [registration for registration, _ in failed]
 
 
-def _check_registration(registration: Registration) -> None:
-    """Refuse names and file names that could escape the upload or shadow bundled protos."""
-    if not NAME.match(registration.name):
-        raise errors.invalid_argument(
-            f"name '{registration.name}' must be 1-63 letters, digits, '.', '_' or '-'"
-        )
-    if registration.name == INCLUDE:
-        raise errors.invalid_argument(f"name '{INCLUDE}' is reserved for the config's protos")
-    if not registration.files:
-        raise errors.invalid_argument("files: at least one .proto file is needed")
-    if len(registration.files) > _MAX_FILES:
-        raise errors.invalid_argument(f"files: at most {_MAX_FILES} files per registration")
-    for name in registration.files:
-        problem = _file_name_problem(name)
-        if problem:
-            raise errors.invalid_argument(f"files: '{name}' {problem}")
-    if bool(registration.upstream) == bool(registration.targets):
-        raise errors.invalid_argument("give exactly one of 'upstream' or 'targets'")
-    for target in registration.targets:
-        if not _TARGET.match(target):
-            raise errors.invalid_argument(f"targets: '{target}' is not host:port")
+class _Outage:
+    """Failures of the store watcher in a row: logged at the first and at the end, paced."""
+
+    def __init__(self, first: float, longest: float) -> None:
+        self.first = first
+        self.longest = longest
+        self.failures = 0
+
+    def failed(self, exc: Exception) -> float:
+        """Count a failure, logging the first; return the pause before the next try."""
+        self.failures += 1
+        if self.failures == 1:
+            # An OSError is the host's trouble, said in one line; anything else is a bug.
+            log.error(
+                "protos.store: cannot follow the store (%s: %s); retrying, at most every %gs",
+                type(exc).__name__, exc, self.longest,
+                exc_info=not isinstance(exc, (OSError, BridgeError)),
+            )  # fmt: skip
+        return min(self.first * 2 ** min(self.failures - 1, 16), self.longest)
+
+    def ended(self) -> None:
+        if self.failures:
+            log.info("protos.store: following the store again after %d failed tries", self.failures)
+            self.failures = 0
 
 
-def _file_name_problem(name: str) -> str | None:
-    if not name.endswith(".proto"):
-        return "does not end in .proto"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return "is absolute; use a path relative to the proto root"
-    if name.startswith(("-", "@")):
-        # protoc would take it for an option, or '@FILE' for a file of options to read.
-        return "may not start with '-' or '@'"
-    parts = name.split("/")
-    if "\\" in name or any(p in ("", ".", "..") for p in parts):
-        return "may not contain '..', '.', empty segments or backslashes"
-    if name.startswith(_RESERVED):
-        return "would shadow a bundled google/* proto"
-    return None
-
-
-def _write_tree(root: Path, files: Mapping[str, str]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+def _unavailable(what: str, exc: OSError) -> BridgeError:
+    return BridgeError(errors.UNAVAILABLE, f"{what}: {exc}")
 
 
 def _owned_upstream(registration: Registration, name: str) -> UpstreamSettings:

@@ -6,7 +6,8 @@ content without clashing with an older version that calls in flight may still be
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
@@ -131,9 +132,10 @@ def build_snapshot(
                         "(map it under 'services:' in the config)"
                     )
                 for method_proto in service_proto.method:
-                    method = _method(pool, service, method_proto, upstream, proto_set.name)
-                    _add_method(methods, method)
-                    routes.extend(_routes(method, method_proto, pool, json))
+                    with _depth_guard(f"{service}/{method_proto.name}", method_proto):
+                        method = _method(pool, service, method_proto, upstream, proto_set.name)
+                        _add_method(methods, method)
+                        routes.extend(_routes(method, method_proto, pool, json))
     try:
         table = RouteTable(routes)
     except RouteConflict as exc:
@@ -143,6 +145,23 @@ def build_snapshot(
         r.owner: r.target for r in routes if r.template.source == _default_path(r.target.method)
     }
     return Snapshot(pool, MappingProxyType(methods), table, tuple(sets), MappingProxyType(bindings))
+
+
+@contextlib.contextmanager
+def _depth_guard(method: str, proto: descriptor_pb2.MethodDescriptorProto) -> Iterator[None]:
+    """Turn Python's recursion limit, hit by a very long chain of message types, into a 400.
+
+    protobuf's class factory and the bridge's own walks of a type (its plans, whether it
+    recurses) descend one level per message field, so a chain of some hundreds of types nested
+    by field would end the snapshot build with a RecursionError.
+    """
+    try:
+        yield
+    except RecursionError:
+        types = " or ".join(sorted({proto.input_type.lstrip("."), proto.output_type.lstrip(".")}))
+        raise SnapshotError(
+            f"{method}: message type {types} nests message fields too deeply to be served"
+        ) from None
 
 
 def _add_method(methods: dict[str, Method], method: Method) -> None:

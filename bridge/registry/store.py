@@ -15,6 +15,7 @@ from typing import Any, Final
 log = logging.getLogger("bridge.registry")
 
 NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+Signature = tuple[tuple[str, int, int], ...]  # (file name, mtime in ns, size) per entry
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ class Registration:
         return cls(data["name"], files, data.get("upstream"), tuple(targets))
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The registrations a store holds, and the names of entries it could not read."""
+
+    registrations: tuple[Registration, ...]
+    unreadable: frozenset[str] = frozenset()
+
+
 class FileStore:
     """A folder of ``<name>.json`` registrations; a write never leaves half a file."""
 
@@ -76,33 +85,53 @@ class FileStore:
         _fsync_folder(self.folder)
 
     def load(self) -> list[Registration]:
-        """Every readable registration; a corrupt entry is logged and skipped."""
-        if not self.folder.is_dir():
-            return []
-        found = []
+        """Every readable registration; an entry that cannot be read is logged and skipped."""
+        return list(self.listing().registrations)
+
+    def listing(self) -> Listing:
+        """What the store holds; OSError when its folder cannot be listed at all.
+
+        A missing folder is an empty store. An entry that cannot be read now (out of file
+        descriptors, corrupt) is logged and named in ``unreadable``, not taken for a removal.
+        """
+        if not self._is_folder():
+            return Listing(())
+        found: list[Registration] = []
+        unreadable: set[str] = set()
         for path in sorted(self.folder.glob("*.json")):
             try:
                 registration = Registration.from_json(json.loads(path.read_text()))
                 if registration.name != path.stem:
                     raise ValueError(f"names '{registration.name}' but is stored as '{path.stem}'")
+            except FileNotFoundError:
+                continue  # removed while listing
             except (OSError, ValueError) as exc:
                 log.error("protos.store: skipping %s: %s", path, exc)
+                unreadable.add(path.stem)
                 continue
             found.append(registration)
-        return found
+        return Listing(tuple(found), frozenset(unreadable))
 
-    def signature(self) -> tuple[tuple[str, int, int], ...]:
+    def signature(self) -> Signature:
         """What changes when any registration file is written, replaced or removed."""
-        if not self.folder.is_dir():
+        if not self._is_folder():
             return ()
         found = []
         for path in self.folder.glob("*.json"):
             try:
                 stat = path.stat()
-            except OSError:
+            except FileNotFoundError:
                 continue  # removed while listing
             found.append((path.name, stat.st_mtime_ns, stat.st_size))
         return tuple(sorted(found))
+
+    def _is_folder(self) -> bool:
+        """Whether the folder exists; NotADirectoryError when a file stands in its place."""
+        if self.folder.is_dir():
+            return True
+        if self.folder.exists():
+            raise NotADirectoryError(f"protos.store {self.folder} is not a folder")
+        return False
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
