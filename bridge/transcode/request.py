@@ -18,26 +18,24 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
-from bridge.errors import BridgeError, invalid_argument
+from bridge.errors import invalid_argument
 from bridge.transcode import json_text
 from bridge.transcode.fields import (
-    MAX_WIRE_DEPTH,
     FieldError,
     FieldPath,
-    camel_case,
     check_bytes,
     check_path_variable,
     dotted_name,
-    find_field,
     from_text,
     holds_bytes,
     is_map,
     is_recursive,
-    is_wkt,
     reaches,
     resolve,
     too_deep,
 )
+from bridge.transcode.masks import MaskField, mask_fields, nested_too_deeply
+from bridge.transcode.masks import infer_paths as mask_paths
 
 _QUERY_CACHE_MAX: Final = 256
 
@@ -81,6 +79,7 @@ class RequestPlan:
     discard_unknown: bool = False
     bound: frozenset[tuple[str, ...]] = frozenset()  # field paths the path or body already set
     infer_mask: bool = False  # PATCH with a body field: derive update_mask from the body's keys
+    masks: tuple[MaskField, ...] = ()  # FieldMask fields read by the bridge, not json_format
     check_bytes: bool = True  # some bytes field is reachable: check base64 ourselves
     check_depth: bool = True  # the type can nest without bound: check the wire depth
     _query_fields: dict[str, FieldPath] = field(default_factory=dict, repr=False)
@@ -109,14 +108,8 @@ class RequestPlan:
         bound = {tuple(f.name for f in path) for _, path in resolved}
         if body and body != "*":
             bound.add((body,))
-        mask = descriptor.fields_by_name.get("update_mask")
-        infer_mask = (
-            verb == "PATCH"
-            and body not in ("", "*")
-            and mask is not None
-            and mask.message_type is not None
-            and mask.message_type.full_name == "google.protobuf.FieldMask"
-        )
+        masks = mask_fields(descriptor, body or None)
+        infer_mask = verb == "PATCH" and body not in ("", "*") and bool(masks)
         return cls(
             message_class,
             pool,
@@ -125,6 +118,7 @@ class RequestPlan:
             discard_unknown,
             frozenset(bound),
             infer_mask,
+            masks,
             reaches(descriptor, holds_bytes),
             is_recursive(descriptor),
         )
@@ -147,20 +141,16 @@ class RequestPlan:
         for names, path in self.variables:
             value = params.get(names)
             if value is not None:
-                _put(data, path, _convert(path, value))
+                _put(data, path, self._convert(path, value))
         if query:
             self._bind_query(data, query)
-        if inferred is not None and "update_mask" not in data and "updateMask" not in data:
-            data["updateMask"] = inferred
-        return self.from_json(data)
+        return self.from_json(data, inferred=inferred)
 
-    def _inferred_mask(self, data: dict[str, Any]) -> str | None:
+    def _inferred_mask(self, data: dict[str, Any]) -> list[str] | None:
         """The update_mask of the fields the PATCH body names, as grpc-gateway infers it."""
-        assert self.body is not None
-        value = data.get(self.body)
-        body_field = self.descriptor.fields_by_name[self.body]
-        if isinstance(value, dict) and body_field.message_type is not None:
-            return ",".join(mask_paths(body_field.message_type, value))
+        value = data.get(self.body)  # type: ignore[arg-type]
+        if isinstance(value, dict):
+            return mask_paths(self.masks[0].target, value)
         return None
 
     def parse_body(self, body: bytes) -> dict[str, Any]:
@@ -173,9 +163,16 @@ class RequestPlan:
             return value
         return {self.body: value}
 
-    def from_json(self, data: Any, what: str = "request message") -> Message:
-        """Parse a JSON object into the request message (the one JSON mapping: json_format)."""
+    def from_json(
+        self, data: Any, what: str = "request message", inferred: list[str] | None = None
+    ) -> Message:
+        """Parse a JSON object into the request message (the one JSON mapping: json_format).
+
+        The update_mask is taken out first and set afterwards in proto names (masks.py), from
+        the JSON or else from ``inferred``, the paths a PATCH body set.
+        """
         self._require_object(data, what)
+        masks = self._take_masks(data) if self.masks else ()
         message = self.message_class()
         try:
             json_format.ParseDict(
@@ -191,8 +188,26 @@ class RequestPlan:
             except FieldError as exc:
                 raise invalid_argument(str(exc)) from None
         if self.check_depth and too_deep(message):
-            raise _nested_too_deeply()
+            raise nested_too_deeply()
+        for mask, paths in masks:
+            mask.set(message, paths)
+        if inferred is not None and not masks:
+            self.masks[0].set(message, inferred)
         return message
+
+    def _take_masks(self, data: dict[str, Any]) -> list[tuple[MaskField, list[str]]]:
+        """The masks given in ``data`` (removed from it), each resolved to proto names."""
+        taken = []
+        for mask in self.masks:
+            present = [key for key in mask.keys if key in data]
+            if len(present) > 1:
+                raise invalid_argument(
+                    f"field '{mask.field.name}' given twice ({' and '.join(present)})"
+                )
+            paths = mask.resolve(data.pop(present[0])) if present else None
+            if paths is not None:
+                taken.append((mask, paths))
+        return taken
 
     def _require_object(self, value: Any, what: str) -> None:
         if not isinstance(value, dict):
@@ -208,14 +223,23 @@ class RequestPlan:
             values = query.getall(name)
             last = path[-1]
             if last.is_repeated:
-                _put(data, path, [_convert(path, v) for v in values])
+                _put(data, path, [self._convert(path, v) for v in values])
             elif len(values) > 1:
                 raise invalid_argument(
                     f"query parameter '{name}' given {len(values)} times but "
                     f"field '{dotted_name(path)}' is not repeated"
                 )
             else:
-                _put(data, path, _convert(path, values[0]))
+                _put(data, path, self._convert(path, values[0]))
+
+    def _convert(self, path: FieldPath, text: str) -> Any:
+        """The JSON value of URL text for a field; a mask the bridge resolves stays as written."""
+        if self.masks and len(path) == 1 and any(m.field is path[0] for m in self.masks):
+            return text
+        try:
+            return from_text(path[-1], text, dotted_name(path))
+        except FieldError as exc:
+            raise invalid_argument(str(exc)) from None
 
     def _query_field(self, name: str) -> FieldPath:
         path = self._query_fields.get(name)
@@ -232,10 +256,6 @@ class RequestPlan:
         return path
 
 
-def _nested_too_deeply() -> BridgeError:
-    return invalid_argument(f"request message is nested too deeply (over {MAX_WIRE_DEPTH} levels)")
-
-
 def decode_json(body: bytes) -> Any:
     """Parse a JSON body (json_text.loads: UTF-8, RFC 8259, no repeated names); else a 400."""
     try:
@@ -244,43 +264,6 @@ def decode_json(body: bytes) -> Any:
         if exc.too_deep:
             raise invalid_argument("request JSON is nested too deeply") from None
         raise invalid_argument(f"request body is not valid JSON: {exc}") from None
-
-
-def mask_paths(
-    message: Descriptor, value: dict[str, Any], prefix: str = "", depth: int = 1
-) -> list[str]:
-    """FieldMask paths (JSON spelling) of the fields set in a JSON object, nested messages too.
-
-    Deeper than protobuf's limit is a 400 here, before the recursion could reach Python's.
-    """
-    if depth > MAX_WIRE_DEPTH:
-        raise _nested_too_deeply()
-    paths = []
-    for key, item in value.items():
-        f = find_field(message, key)
-        if f is None:
-            continue  # json_format reports the unknown field
-        path = prefix + camel_case(f.name)
-        nested = f.message_type
-        # An empty object is a leaf, as in grpc-gateway: `{"address": {}}` masks `address`.
-        if (
-            item
-            and isinstance(item, dict)
-            and nested is not None
-            and not is_map(f)
-            and not is_wkt(nested)
-        ):
-            paths.extend(mask_paths(nested, item, path + ".", depth + 1))
-        else:
-            paths.append(path)
-    return paths
-
-
-def _convert(path: FieldPath, text: str) -> Any:
-    try:
-        return from_text(path[-1], text, dotted_name(path))
-    except FieldError as exc:
-        raise invalid_argument(str(exc)) from None
 
 
 def _put(data: dict[str, Any], path: FieldPath, value: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers t
 
 from bridge.errors import BridgeError
 from bridge.transcode.fields import is_map, is_wkt
+from bridge.transcode.masks import FIELD_MASK, mask_json
 
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 
@@ -55,14 +56,39 @@ class ResponsePlan:
         return dumps(self.to_dict(message))
 
     def _message_dict(self, message: Message, emit: bool | None = None) -> Any:
-        value = json_format.MessageToDict(
+        try:
+            value = self._json_format(message, emit)
+        except (ValueError, json_format.Error):  # it refuses FieldMask paths such as "Num"
+            value = self._with_masks(message, emit)
+        if self.nulls is not None:
+            self.nulls.fill(message, value)
+        return value
+
+    def _json_format(self, message: Message, emit: bool | None) -> Any:
+        return json_format.MessageToDict(
             message,
             always_print_fields_with_no_presence=self.emit_unpopulated if emit is None else emit,
             preserving_proto_field_name=self.use_proto_names,
             descriptor_pool=self.pool,
         )
-        if self.nulls is not None:
-            self.nulls.fill(message, value)
+
+    def _with_masks(self, message: Message, emit: bool | None) -> Any:
+        """json_format's rendering with the FieldMasks written by masks.mask_json instead.
+
+        Only replies whose masks json_format cannot print come here, so the usual path pays
+        nothing: the masks are emptied in a copy, the copy rendered, the masks' text put back.
+        """
+        copy = type(message)()
+        copy.CopyFrom(message)
+        found = list(_field_masks(copy, (), self.use_proto_names))
+        if not found:
+            raise  # not about a FieldMask: the error being handled is a bug
+        texts = [(where, mask_json(list(mask.paths))) for where, mask in found]
+        for _, mask in found:
+            del mask.paths[:]
+        value = self._json_format(copy, emit)
+        for where, text in texts:
+            value = _put_at(value, where, text)
         return value
 
     def _field_value(self, message: Message, field: FieldDescriptor) -> Any:
@@ -70,6 +96,43 @@ class ResponsePlan:
             return self._message_dict(getattr(message, field.name))
         data = self._message_dict(message, emit=True)
         return data[field.name if self.use_proto_names else field.json_name]
+
+
+Where = tuple[str | int, ...]  # keys and list indexes from a rendered message to a value
+
+
+def _field_masks(message: Message, where: Where, proto_names: bool) -> Iterator[tuple[Where, Any]]:
+    """Every FieldMask in a message (itself, or held at any depth), with where it renders."""
+    descriptor = message.DESCRIPTOR
+    if descriptor.full_name == FIELD_MASK:
+        yield where, message
+        return
+    if is_wkt(descriptor):
+        return  # no FieldMask inside Struct, Timestamp...; an Any's content is left to json_format
+    for field, value in message.ListFields():
+        if field.message_type is None or field.is_extension:
+            continue
+        at = (*where, field.name if proto_names else field.json_name)
+        if is_map(field):
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                for key, item in value.items():
+                    yield from _field_masks(item, (*at, _map_key(key)), proto_names)
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                yield from _field_masks(item, (*at, i), proto_names)
+        else:
+            yield from _field_masks(value, at, proto_names)
+
+
+def _put_at(value: Any, where: Where, item: Any) -> Any:
+    """``value`` with ``item`` at ``where`` (the item itself when ``where`` is empty)."""
+    if not where:
+        return item
+    node = value
+    for step in where[:-1]:
+        node = node[step]
+    node[where[-1]] = item
+    return value
 
 
 _SINGULAR, _REPEATED, _MAP = range(3)
