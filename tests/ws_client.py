@@ -8,7 +8,11 @@ False), which is how a test plays a browser that stops reading.
 from __future__ import annotations  # noqa: I001  (services before demo.*)
 
 import asyncio
+import base64
 import json
+import os
+import socket
+import struct
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -224,3 +228,127 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, wha
         if time.monotonic() - start > timeout:
             pytest.fail(f"{what}: not within {timeout}s")
         await asyncio.sleep(0.02)
+
+
+# --- raw WebSocket: the test writes the handshake and the frame bytes itself -----------------
+
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+CLIENT_MASK: Final = b"\x37\xfa\x21\x3d"
+
+
+def ws_frame(
+    opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True,
+    mask: bytes = CLIENT_MASK,
+) -> bytes:  # fmt: skip
+    """One WebSocket frame as a client would write it (masked unless told not to)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    bit = 0x80 if masked else 0
+    size = len(payload)
+    if size < 126:
+        head += bytes([bit | size])
+    elif size < 65536:
+        head += bytes([bit | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + size.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    key = (mask * (size // 4 + 1))[:size]
+    return (
+        head
+        + mask
+        + (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
+    )
+
+
+def text_frame(frame: Frame | str, **options: Any) -> bytes:
+    """A text frame holding a JSON frame (or the given text)."""
+    text = frame if isinstance(frame, str) else json.dumps(frame)
+    return ws_frame(OP_TEXT, text.encode(), **options)
+
+
+class RawWs:
+    """A /ws connection on a bare TCP stream: frames go out as given, come in as (opcode, data)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def frame(self, timeout: float = WAIT) -> tuple[int, bytes]:
+        """The next frame from the bridge (servers never mask); IncompleteReadError at EOF."""
+        async with asyncio.timeout(timeout):
+            first, second = await self.reader.readexactly(2)
+            size = second & 0x7F
+            if size == 126:
+                size = int.from_bytes(await self.reader.readexactly(2), "big")
+            elif size == 127:
+                size = int.from_bytes(await self.reader.readexactly(8), "big")
+            assert not second & 0x80, "the bridge masked a frame"
+            return first & 0x0F, await self.reader.readexactly(size)
+
+    async def json(self, timeout: float = WAIT) -> Frame:
+        """The next frame, which must be a JSON text frame."""
+        opcode, data = await self.frame(timeout)
+        assert opcode == OP_TEXT, (opcode, data)
+        return json.loads(data)
+
+    async def close_code(self, timeout: float = WAIT) -> int:
+        """Read frames up to the bridge's close frame; returns its code."""
+        while True:
+            opcode, data = await self.frame(timeout)
+            if opcode == OP_CLOSE:
+                return int.from_bytes(data[:2], "big")
+
+    async def eof(self, timeout: float = WAIT) -> bool:
+        """Whether the bridge ends the stream (and sends nothing more) within timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(1) == b""
+        except TimeoutError:
+            return False
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP reset (SO_LINGER 0), as a crashed client would."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+
+@asynccontextmanager
+async def raw_connect(
+    url: str, *, early: bytes = b"", send_buffer: int | None = None
+) -> AsyncIterator[RawWs]:
+    """A /ws connection made by hand; ``early`` bytes go out with the upgrade request itself.
+
+    A small ``send_buffer`` (SO_SNDBUF) keeps a large frame from fitting in the kernel's buffers
+    at once, so sending it completes only if the bridge reads it.
+    """
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.socket()
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: {PROTOCOL}\r\n\r\n".encode()
+        + early
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        yield RawWs(reader, writer)
+    finally:
+        writer.transport.abort()

@@ -14,6 +14,7 @@ from bridge.registry import Registry
 from bridge.upstream.metadata import REQUEST_ID, request_metadata
 from bridge.upstream.pool import Upstreams
 from bridge.ws.session import Session
+from bridge.ws.wire import ClientSocket
 
 SUBPROTOCOL: Final = "bridge.v1"
 _GOING_AWAY: Final = 1001
@@ -31,7 +32,7 @@ class WebSocketGateway:
         self.sessions: set[Session] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
+        ws = ClientSocket(
             protocols=(SUBPROTOCOL,),
             max_msg_size=self.limits.ws_max_frame,
             heartbeat=self.limits.ws_heartbeat,
@@ -57,9 +58,10 @@ class WebSocketGateway:
             await session.serve()
         finally:
             self.sessions.discard(session)
+        await ws.drained()  # returning closes the transport, draining or not
         return ws
 
-    def _refusal(self, request: web.Request, ws: web.WebSocketResponse) -> BridgeError | None:
+    def _refusal(self, request: web.Request, ws: ClientSocket) -> BridgeError | None:
         if not ws.can_prepare(request).ok:
             return BridgeError(errors.INVALID_ARGUMENT, "GET /ws expects a WebSocket upgrade")
         origin = request.headers.get("Origin")

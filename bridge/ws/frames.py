@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from bridge.errors import INVALID_ARGUMENT, BridgeError
 from bridge.transcode import json_text
@@ -24,6 +27,7 @@ class Frame:
     timeout: Any = None
     end: bool = False
     cancel: bool = False
+    problem: str | None = None  # why the call cannot take this frame; the call's status says it
 
 
 class FrameError(BridgeError):
@@ -34,11 +38,19 @@ class FrameError(BridgeError):
 
 
 def parse(text: str) -> Frame:
-    """A client frame; FrameError when it is not JSON, not an object, or has no usable id."""
+    """A client frame; FrameError when it is not JSON, not an object, or has no usable id.
+
+    A name repeated inside one of the frame's values (its ``message``, say) is the call's
+    problem, not the frame's: the frame still names its call, which ends INVALID_ARGUMENT.
+    """
+    problem = None
     try:
         data = json_text.loads(text)
     except json_text.JsonError as exc:
-        raise FrameError(f"frame is not JSON: {exc}") from None
+        data = _repeat_inside(text)
+        if data is None:
+            raise FrameError(f"frame is not JSON: {exc}") from None
+        problem = f"frame is not valid JSON: {exc}"
     if not isinstance(data, dict):
         raise FrameError("frame must be a JSON object")
     call_id = data.get("id")
@@ -56,7 +68,21 @@ def parse(text: str) -> Frame:
         timeout=data.get("timeout"),
         end=data.get("end") is True,
         cancel=data.get("cancel") is True,
+        problem=problem,
     )
+
+
+def _repeat_inside(text: str) -> dict[str, Any] | None:
+    """The frame json_text refused when its own names are unique (a value repeats one)."""
+    try:
+        data = orjson.loads(text)  # malformed JSON fails here too; repeated names do not
+        # Nested objects become lists of pairs as well; only the outermost one's names count.
+        members = json.loads(text, object_pairs_hook=lambda pairs: pairs)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or len(data) != len(members):
+        return None
+    return data
 
 
 def error(code: int, message: str) -> bytes:

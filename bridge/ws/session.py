@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any, Final
 
@@ -20,6 +21,9 @@ from bridge.ws.frames import CallId, Frame, FrameError
 
 # How long a closing socket waits for its calls to cancel their backend calls.
 _DRAIN_SECONDS: Final = 2.0
+_INTERNAL: Final = BridgeError(errors.INTERNAL, "internal error")
+
+log = logging.getLogger("bridge.ws")
 
 
 class Session:
@@ -71,8 +75,11 @@ class Session:
             return
         try:
             await self.ws.send_frame(frame, WSMsgType.TEXT)
-        except (ConnectionResetError, RuntimeError):
-            pass  # the socket closed under us; the read loop ends and cancels the calls
+        except (ConnectionError, RuntimeError):
+            # The socket closed under us (aiohttp raises ClientConnectionResetError, or a
+            # plain ConnectionError from a send waiting on a full socket): the read loop ends
+            # and cancels the calls.
+            pass
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -98,6 +105,9 @@ class Session:
 
     async def _follow_up(self, call: WsCall, frame: Frame) -> None:
         """Handle a message, half-close or cancel frame for an open call."""
+        if frame.problem is not None:
+            call.stop(errors.invalid_argument(frame.problem))
+            return
         if frame.cancel:
             call.stop(BridgeError(errors.CANCELLED, "cancelled by the client"))
             return
@@ -130,14 +140,21 @@ class Session:
             call.half_close()  # a client stream sent whole in its start frame
 
     async def _run(self, call: WsCall, first: Any) -> None:
+        """A call's task: whatever happens, its exception is retrieved here, not by the loop."""
         try:
             await call.run(first)
+        except Exception:
+            # A bug, not something a client did: logged, and the call still gets its status.
+            log.exception("WebSocket call %r (%s) failed", call.id, call.method.full_name)
+            await self.send(frames.status(call.id, _INTERNAL, None))
         finally:
             self.calls.pop(call.id, None)
 
     def _prepare(self, frame: Frame) -> tuple[WsCall, Any]:
         """Check a start frame and build its call; a BridgeError becomes the call's status."""
         assert frame.method is not None
+        if frame.problem is not None:
+            raise errors.invalid_argument(frame.problem)
         name = frame.method.removeprefix("/")
         binding = self.registry.snapshot.bindings.get(name)
         if binding is None:
