@@ -143,3 +143,32 @@ async def register(
     else:
         body["targets"] = [target]
     return await admin(bridge, "POST", "/admin/protos", body)
+
+
+PING_FILE: Final = "acme/ping/v1/ping.proto"
+PING: Final = """\
+syntax = "proto3";
+package acme.ping.v1;
+import "google/api/annotations.proto";
+message PingRequest { string id = 1; }
+message PingReply { string id = 1; }
+service Ping {
+  rpc Get(PingRequest) returns (PingReply) {
+    option (google.api.http) = { get: "/ping/{id}" };
+  }
+}
+"""
+
+
+async def ping(request: Message, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    return {"id": request.id}  # type: ignore[attr-defined]
+
+
+async def registry_state(bridge: Bridge, store: Path | None = None) -> tuple[Any, ...]:
+    """What the registry serves and keeps: the listing, the route table, the stored files."""
+    listing = await admin(bridge, "GET", "/admin/protos")
+    routes = await admin(bridge, "GET", "/admin/routes")
+    stored = None
+    if store is not None and store.is_dir():
+        stored = sorted((p.name, p.read_bytes()) for p in store.iterdir())
+    return listing, routes, stored

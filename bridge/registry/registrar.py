@@ -58,7 +58,7 @@ class Registrar:
         self.entries: dict[str, Entry] = {}
         self.reflected: dict[str, ProtoSet] = {}
         self._lock = asyncio.Lock()
-        self._restored = False  # whether restore() read the store (the watcher syncs if not)
+        self._seen: Signature | None = None  # the store as last applied; None: not yet
         # The config is frozen: resolve its include roots once, not per upload.
         self._include_roots = [include_root(p) for p in settings.protos_include if p.exists()]
         self._json = JsonShape(
@@ -73,12 +73,14 @@ class Registrar:
         A store that cannot be read at all is logged; the watcher applies it once it can.
         """
         try:
+            # Taken first: whatever is written while the store is read is then seen as a change.
+            seen = await asyncio.to_thread(self.store.signature)
             stored = await asyncio.to_thread(self.store.load)
         except OSError as exc:
             log.error("protos.store: cannot read it: %s; starting without its registrations", exc)
         else:
             await self._restore_registrations(stored)
-            self._restored = True
+            self._seen = seen
         for name, upstream in self.settings.upstreams.items():
             if upstream.reflection:
                 try:
@@ -119,7 +121,7 @@ class Registrar:
         entries = {**self.entries, registration.name: Entry(registration, protos)}
         snapshot = await self._build(entries, self.reflected)
         if persist:  # first: a store that fails leaves everything as it was
-            await asyncio.to_thread(self.store.save, registration)
+            await self._persist(self.store.save, registration)
         if registration.targets:
             self.upstreams.replace(_owned_upstream(registration, upstream))
         elif previous is not None and previous.registration.targets:
@@ -139,18 +141,17 @@ class Registrar:
         and followed by a full sync, since changes may have been missed meanwhile.
         """
         outage = _Outage(interval, longest)
-        seen: Signature | None = None
-        missed = not self._restored
+        seen = self._seen
         while True:
             try:
                 current = await asyncio.to_thread(self.store.signature)
-                if missed or (seen is not None and current != seen):
+                if current != seen:
                     await self.sync()
             except Exception as exc:  # one failure, whatever it is, must not end the watch
-                missed = True
+                seen = None  # changes may have been missed: sync in full once it works
                 await asyncio.sleep(outage.failed(exc))
                 continue
-            seen, missed = current, False
+            seen = current
             outage.ended()
             await asyncio.sleep(interval)
 
@@ -197,11 +198,18 @@ class Registrar:
         entries = {k: v for k, v in self.entries.items() if k != name}
         snapshot = await self._build(entries, self.reflected)
         if persist:
-            await asyncio.to_thread(self.store.delete, name)
+            await self._persist(self.store.delete, name)
         self.entries = entries
         self.registry.snapshot = snapshot
         if entry.registration.targets:
             self.upstreams.discard(entry.protos.upstream or "")
+
+    async def _persist(self, change: Callable[[Any], None], what: Any) -> None:
+        """Write a change to the store; a store that fails is a 503 naming it."""
+        try:
+            await asyncio.to_thread(change, what)
+        except OSError as exc:
+            raise _unavailable(f"protos.store {self.store.folder} cannot be written", exc) from None
 
     async def refresh(self, upstream: str) -> ProtoSet:
         """Ask an upstream for its services again through server reflection."""
