@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from google.protobuf import descriptor_pb2
 
-from bridge.registry.upload import MAX_NAME_BYTES, MAX_SEGMENT_BYTES
+from bridge.registry.reflection import _ordered
+from bridge.registry.upload import MAX_NAME_BYTES, MAX_SEGMENT_BYTES, MAX_TARGETS
 from tests.conftest import Bridge, StartBridge
 from tests.teams import (
     PING,
@@ -121,6 +123,32 @@ async def test_an_upload_that_cannot_be_served_is_a_400_that_changes_nothing(
     assert status == 201, reply
 
 
+# (the registration's fields besides its name, a fragment the 400's message must hold)
+REFUSED_BODIES: Final = {
+    "another-registrations-own-upstream": (
+        {"files": {"acme/b.proto": EMPTY}, "upstream": "registration:ping"},
+        "upstream 'registration:ping' is not configured",
+    ),
+    "65-targets": (
+        {"files": {"acme/b.proto": EMPTY}, "targets": [f"127.0.0.1:{1000 + i}" for i in range(65)]},
+        f"targets: at most {MAX_TARGETS} per registration",
+    ),
+}
+
+
+@pytest.mark.parametrize(("fields", "fragment"), REFUSED_BODIES.values(), ids=REFUSED_BODIES.keys())
+async def test_a_registration_that_cannot_be_served_is_a_400_that_changes_nothing(
+    served: Served, fields: dict[str, Any], fragment: str
+):
+    before = await served.state()
+    status, reply = await admin(served.bridge, "POST", "/admin/protos", {"name": "x", **fields})
+    assert (status, reply["code"]) == (400, 3), reply
+    assert fragment in reply["message"], reply["message"]
+    await served.assert_unchanged(before)
+    # Removing 'ping' would have left a borrower of its upstream answering 500s.
+    assert (await admin(served.bridge, "DELETE", "/admin/protos/ping"))[0] == 200
+
+
 @pytest.mark.parametrize("first_is_the_folder", [True, False], ids=["file-first", "folder-first"])
 async def test_a_file_may_not_be_the_folder_of_another_registrations_file(
     served: Served, first_is_the_folder: bool
@@ -198,3 +226,16 @@ async def test_no_temporary_folder_for_the_compile_is_a_503_that_changes_nothing
     await served.assert_unchanged(before)
     monkeypatch.undo()
     assert (await register(served.bridge, "new", {"acme/new.proto": EMPTY}, "x:1"))[0] == 201
+
+
+def test_files_found_by_reflection_are_ordered_whatever_the_length_of_their_import_chain():
+    """A server may send a dependency chain longer than Python's recursion limit."""
+    count = 3000
+    files = {
+        f"f{i}.proto": descriptor_pb2.FileDescriptorProto(
+            name=f"f{i}.proto", dependency=[f"f{i + 1}.proto"] if i + 1 < count else []
+        )
+        for i in range(count)
+    }
+    ordered = [f.name for f in _ordered(files).file]
+    assert ordered == [f"f{i}.proto" for i in reversed(range(count))]

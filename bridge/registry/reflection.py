@@ -6,6 +6,7 @@ from typing import Final
 
 import grpc
 from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2
 
 from bridge.registry.snapshot import ProtoSet
@@ -40,6 +41,8 @@ async def discover(channel: grpc.aio.Channel, upstream: str, timeout: float = 5.
         await call.done_writing()
     except grpc.aio.AioRpcError as exc:
         raise ReflectionError(f"{exc.code().name}: {exc.details()}") from None
+    except DecodeError as exc:
+        raise ReflectionError(f"a file descriptor it sent cannot be read: {exc}") from None
     finally:
         call.cancel()
     return ProtoSet(
@@ -88,15 +91,17 @@ def _ordered(
     """The files with every dependency before its dependents, as a pool must receive them."""
     ordered: list[descriptor_pb2.FileDescriptorProto] = []
     done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done or name not in files:
-            return
-        done.add(name)
-        for dependency in files[name].dependency:
-            visit(dependency)
-        ordered.append(files[name])
-
-    for name in sorted(files):
-        visit(name)
+    # A depth-first walk with its own stack: a server may send a dependency chain of any length.
+    for root in sorted(files):
+        stack = [(root, iter(files[root].dependency))] if root not in done else []
+        done.add(root)
+        while stack:
+            name, dependencies = stack[-1]
+            dependency = next(dependencies, None)
+            if dependency is None:
+                stack.pop()
+                ordered.append(files[name])
+            elif dependency in files and dependency not in done:
+                done.add(dependency)
+                stack.append((dependency, iter(files[dependency].dependency)))
     return descriptor_pb2.FileDescriptorSet(file=ordered)

@@ -279,10 +279,11 @@ class Registrar:
 
     def _upstream_name(self, registration: Registration) -> str:
         if registration.upstream:
-            if registration.upstream not in self.upstreams:
+            # Configured ones only: another registration's own upstream goes away with it.
+            if registration.upstream not in self.settings.upstreams:
                 known = ", ".join(sorted(self.settings.upstreams)) or "none"
                 raise errors.invalid_argument(
-                    f"upstream '{registration.upstream}' is not configured (known: {known})"
+                    f"upstream {shown(registration.upstream)} is not configured (known: {known})"
                 )
             return registration.upstream
         return f"registration:{registration.name}"

@@ -19,6 +19,7 @@ from bridge.registry.snapshot import INCLUDE
 from bridge.registry.store import NAME, Registration
 
 MAX_FILES: Final = 500
+MAX_TARGETS: Final = 64  # each target is a channel of its own
 # A file name's length in UTF-8, in all and per segment. 255 bytes is the segment limit of
 # Linux file systems (NAME_MAX); 1024 keeps the temporary paths protoc reads well under PATH_MAX.
 MAX_NAME_BYTES: Final = 1024
@@ -55,6 +56,8 @@ def check_registration(registration: Registration) -> None:
         )
     if bool(registration.upstream) == bool(registration.targets):
         raise errors.invalid_argument("give exactly one of 'upstream' or 'targets'")
+    if len(registration.targets) > MAX_TARGETS:
+        raise errors.invalid_argument(f"targets: at most {MAX_TARGETS} per registration")
     for target in registration.targets:
         if not _TARGET.match(target):
             raise errors.invalid_argument(f"targets: {shown(target)} is not host:port")
