@@ -8,12 +8,13 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from bridge import errors
+from bridge.edge import read_body
 from bridge.errors import BridgeError, error_response
 from bridge.registry import Registry
 from bridge.registry.snapshot import Binding
 from bridge.routing import MatchKind
 from bridge.transcode.request import decode_json
-from bridge.transcode.response import ndjson_line, sse_event
+from bridge.transcode.response import OCTET_STREAM, ndjson_line, sse_event
 from bridge.upstream import call as calls
 from bridge.upstream.metadata import parse_grpc_timeout, request_id, request_metadata
 from bridge.upstream.pool import Upstreams
@@ -70,7 +71,9 @@ class RestGateway:
                 return await _stream_out(request, binding, stream, rid)
             reply, headers = await calls.unary(stub, messages, timeout, metadata, pool)
             return _json_reply(binding, reply, headers, rid)
-        message = binding.request.to_message(params, body, request.query)
+        plan = binding.request
+        content_type = request.headers.get("Content-Type", "") if plan.raw_body is not None else ""
+        message = plan.to_message(params, body, request.query, content_type)
         if method.server_streaming:
             stream = calls.Stream(stub(message, timeout=timeout, metadata=metadata), pool)
             return await _stream_out(request, binding, stream, rid)
@@ -95,22 +98,19 @@ class RestGateway:
 
 
 async def _read_body(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BridgeError(
-            errors.RESOURCE_EXHAUSTED,
-            f"request body over {request.client_max_size} bytes",
-            status=413,
-        ) from None
+    """The request body, up to ``limits.max_body`` and within ``limits.body_timeout``."""
+    return await read_body(request, request.client_max_size, "request body", "limits.max_body")
 
 
 def _json_reply(
     binding: Binding, reply: Message, headers: dict[str, str], rid: str
 ) -> web.Response:
+    """The reply as JSON, or as the raw bytes of an HttpBody reply."""
     headers["X-Request-Id"] = rid
-    body = binding.response.to_json(reply)
-    return web.Response(body=body, content_type=JSON, headers=headers)
+    if binding.response.raw:
+        body, headers["Content-Type"] = binding.response.raw_body(reply)
+        return web.Response(body=body, headers=headers)
+    return web.Response(body=binding.response.to_json(reply), content_type=JSON, headers=headers)
 
 
 def _ndjson_messages(binding: Binding, body: bytes) -> list[Message]:
@@ -132,13 +132,15 @@ async def _stream_out(
     request: web.Request, binding: Binding, stream: calls.Stream, rid: str
 ) -> web.StreamResponse:
     """Write each response message as it arrives, as NDJSON or Server-Sent Events."""
-    sse = SSE in request.headers.get("Accept", "")
     try:
         first, headers = await stream.first()
     except BaseException:
         stream.cancel()
         raise
     headers["X-Request-Id"] = rid
+    if binding.response.raw:
+        return await _raw_stream_out(request, binding, stream, first, headers)
+    sse = SSE in request.headers.get("Accept", "")
     response = web.StreamResponse(headers=headers)
     response.content_type = SSE if sse else NDJSON
     if sse:
@@ -153,6 +155,43 @@ async def _stream_out(
     except BridgeError as error:  # after the first byte the status can only go in the body
         status = error.to_status()
         await response.write(sse_event(status, "error") if sse else ndjson_line("error", status))
+    except ConnectionResetError:
+        return response  # the client left; the finally clause cancels the backend call
+    finally:
+        stream.cancel()
+    await response.write_eof()
+    return response
+
+
+async def _raw_stream_out(
+    request: web.Request,
+    binding: Binding,
+    stream: calls.Stream,
+    first: Message | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Write a stream of HttpBody messages as one raw body, each chunk as it arrives.
+
+    The first chunk's content type is the response's. A failure after the headers went out is
+    written as a last NDJSON line ``{"error": <status>}`` (as grpc-gateway does), and then the
+    connection is closed without the final empty chunk, so that any HTTP client also sees the
+    body as cut short instead of complete.
+    """
+    plan = binding.response
+    headers["Content-Type"] = plan.raw_body(first)[1] if first is not None else OCTET_STREAM
+    response = web.StreamResponse(headers=headers)
+    try:
+        await response.prepare(request)
+        message = first
+        while message is not None:
+            data = plan.raw_body(message)[0]
+            if data:
+                await response.write(data)
+            message = await stream.next()
+    except BridgeError as error:
+        await response.write(ndjson_line("error", error.to_status()))
+        request.protocol.force_close()  # no terminating chunk: the body is incomplete
+        return response
     except ConnectionResetError:
         return response  # the client left; the finally clause cancels the backend call
     finally:

@@ -12,6 +12,9 @@ from google.protobuf.message import Message
 
 FieldPath = tuple[FieldDescriptor, ...]
 
+# A body that is not JSON: raw bytes and their content type (grpc-gateway and Envoy do the same).
+HTTP_BODY: Final = "google.api.HttpBody"
+
 # Well-known types whose JSON form is a string, so URL text passes through unchanged.
 _STRING_WKT: Final = frozenset(
     {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
@@ -37,6 +40,16 @@ class FieldError(ValueError):
 
 def is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def is_http_body(field: FieldDescriptor | None) -> bool:
+    """Whether a field is one singular google.api.HttpBody."""
+    return (
+        field is not None
+        and not field.is_repeated
+        and field.message_type is not None
+        and field.message_type.full_name == HTTP_BODY
+    )
 
 
 def find_field(message: Descriptor, name: str) -> FieldDescriptor | None:

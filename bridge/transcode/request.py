@@ -21,6 +21,7 @@ from multidict import MultiMapping
 from bridge.errors import invalid_argument
 from bridge.transcode import json_text
 from bridge.transcode.fields import (
+    HTTP_BODY,
     FieldError,
     FieldPath,
     check_bytes,
@@ -28,6 +29,7 @@ from bridge.transcode.fields import (
     dotted_name,
     from_text,
     holds_bytes,
+    is_http_body,
     is_map,
     is_recursive,
     reaches,
@@ -80,6 +82,9 @@ class RequestPlan:
     bound: frozenset[tuple[str, ...]] = frozenset()  # field paths the path or body already set
     infer_mask: bool = False  # PATCH with a body field: derive update_mask from the body's keys
     masks: tuple[MaskField, ...] = ()  # FieldMask fields read by the bridge, not json_format
+    # The body is a google.api.HttpBody, set from the raw bytes: the field names leading to it
+    # (() for the whole message); None for a JSON body.
+    raw_body: tuple[str, ...] | None = None
     check_bytes: bool = True  # some bytes field is reachable: check base64 ourselves
     check_depth: bool = True  # the type can nest without bound: check the wire depth
     _query_fields: dict[str, FieldPath] = field(default_factory=dict, repr=False)
@@ -108,8 +113,13 @@ class RequestPlan:
         bound = {tuple(f.name for f in path) for _, path in resolved}
         if body and body != "*":
             bound.add((body,))
+        raw_body: tuple[str, ...] | None = None
+        if body == "*" and descriptor.full_name == HTTP_BODY:
+            raw_body = ()
+        elif body and is_http_body(descriptor.fields_by_name.get(body)):
+            raw_body = (body,)
         masks = mask_fields(descriptor, body or None)
-        infer_mask = verb == "PATCH" and body not in ("", "*") and bool(masks)
+        infer_mask = verb == "PATCH" and body not in ("", "*") and bool(masks) and raw_body is None
         return cls(
             message_class,
             pool,
@@ -119,6 +129,7 @@ class RequestPlan:
             frozenset(bound),
             infer_mask,
             masks,
+            raw_body,
             reaches(descriptor, holds_bytes),
             is_recursive(descriptor),
         )
@@ -132,12 +143,30 @@ class RequestPlan:
         params: Mapping[tuple[str, ...], str],
         body: bytes,
         query: MultiMapping[str],
+        content_type: str = "",
     ) -> Message:
-        """Bind path variables, then the body, then query parameters; a 400 names the field."""
+        """Bind path variables, then the body, then query parameters; a 400 names the field.
+
+        ``content_type`` (the request's header) is used only by a raw HttpBody body.
+        """
+        if self.raw_body is not None:
+            message = self._bind_others(params, {}, query, None)
+            self._set_raw_body(message, body, content_type)
+            return message
         data = self.parse_body(body)
         # Inferred from the body alone: a path variable such as {user.name} lands inside the
         # body field too, but the client did not ask to change it (grpc-gateway does the same).
         inferred = self._inferred_mask(data) if self.infer_mask else None
+        return self._bind_others(params, data, query, inferred)
+
+    def _bind_others(
+        self,
+        params: Mapping[tuple[str, ...], str],
+        data: dict[str, Any],
+        query: MultiMapping[str],
+        inferred: list[str] | None,
+    ) -> Message:
+        """Add path variables and then query parameters to the body's JSON; the message."""
         for names, path in self.variables:
             value = params.get(names)
             if value is not None:
@@ -145,6 +174,17 @@ class RequestPlan:
         if query:
             self._bind_query(data, query)
         return self.from_json(data, inferred=inferred)
+
+    def _set_raw_body(self, message: Message, body: bytes, content_type: str) -> None:
+        """Put the raw HTTP body and its Content-Type into the request's HttpBody."""
+        if not (content_type.isascii() and content_type.isprintable()):
+            raise invalid_argument("the Content-Type header must be printable ASCII")
+        target = message
+        for name in self.raw_body or ():
+            target = getattr(target, name)
+            target.SetInParent()
+        target.content_type = content_type  # type: ignore[attr-defined]
+        target.data = body  # type: ignore[attr-defined]
 
     def _inferred_mask(self, data: dict[str, Any]) -> list[str] | None:
         """The update_mask of the fields the PATCH body names, as grpc-gateway infers it."""

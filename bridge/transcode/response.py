@@ -15,10 +15,11 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (registers the detail types)
 
 from bridge.errors import BridgeError
-from bridge.transcode.fields import is_map, is_wkt
+from bridge.transcode.fields import HTTP_BODY, is_http_body, is_map, is_wkt
 from bridge.transcode.masks import FIELD_MASK, mask_json
 
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+OCTET_STREAM: Final = "application/octet-stream"  # an HttpBody without a content type
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,6 +31,7 @@ class ResponsePlan:
     use_proto_names: bool = False
     field: FieldDescriptor | None = None  # the rule's response_body field, if any
     nulls: Nulls | None = None  # where unset message fields are written as null
+    raw: bool = False  # the reply (or its response_body) is a google.api.HttpBody: sent raw
 
     @classmethod
     def build(
@@ -44,7 +46,20 @@ class ResponsePlan:
         if field is not None and field.message_type is not None and not field.is_repeated:
             rendered = field.message_type
         nulls = Nulls.of(rendered, use_proto_names) if emit_unpopulated else None
-        return cls(pool, emit_unpopulated, use_proto_names, field, nulls)
+        raw = is_http_body(field) if field is not None else output.full_name == HTTP_BODY
+        return cls(pool, emit_unpopulated, use_proto_names, field, nulls, raw)
+
+    def raw_body(self, message: Message) -> tuple[bytes, str]:
+        """The bytes and content type of an HttpBody reply (``raw`` plans only).
+
+        A content type that could not be sent as a header (not printable ASCII) is sent as
+        application/octet-stream, like a missing one.
+        """
+        body: Any = getattr(message, self.field.name) if self.field is not None else message
+        content_type = body.content_type
+        if not (content_type and content_type.isascii() and content_type.isprintable()):
+            content_type = OCTET_STREAM
+        return body.data, content_type
 
     def to_dict(self, message: Message) -> Any:
         """The proto3 JSON value of the message (or of its response_body field)."""

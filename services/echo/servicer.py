@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Final
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 
@@ -21,6 +23,8 @@ STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 # grpc reports "no deadline" as the time left until the end of its infinite future.
 NO_DEADLINE_AFTER_SECONDS: Final = 10 * 365 * 24 * 3600
 INT64_MAX: Final = 2**63 - 1
+DOWNLOAD_LINES: Final = 3
+DOWNLOAD_TYPE: Final = "text/plain; charset=utf-8"
 
 
 def deadline_remaining(context: Context) -> float:
@@ -128,6 +132,31 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
                 user="echo", text=f"{message.user}: {message.text}", seq=seq
             )
             await context.write(reply)
+
+    @counted
+    async def Download(self, request: echo_pb2.DownloadRequest, context: Context) -> None:
+        for field in ("lines", "interval_ms", "fail_after"):
+            if getattr(request, field) < 0:
+                await invalid(context, f"{field} must not be negative")
+        content_type = request.content_type or DOWNLOAD_TYPE
+        for line in range(1, (request.lines or DOWNLOAD_LINES) + 1):
+            if line > 1 and request.interval_ms:
+                await asyncio.sleep(request.interval_ms / 1000)
+            data = f"{request.name} line {line}\n".encode()
+            await context.write(httpbody_pb2.HttpBody(content_type=content_type, data=data))
+            if request.fail_after and line >= request.fail_after:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "file source failed")
+
+    @counted
+    async def Upload(
+        self, request: echo_pb2.UploadRequest, context: Context
+    ) -> echo_pb2.UploadResponse:
+        return echo_pb2.UploadResponse(
+            name=request.name,
+            content_type=request.file.content_type,
+            size=len(request.file.data),
+            sha256=hashlib.sha256(request.file.data).hexdigest(),
+        )
 
     async def GetStats(self, request: empty_pb2.Empty, context: Context) -> echo_pb2.Stats:
         return self.stats.snapshot()
