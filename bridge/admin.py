@@ -13,11 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from bridge import errors
+from bridge.edge import read_body
 from bridge.errors import BridgeError, error_response
 from bridge.registry.registrar import Registrar
 from bridge.registry.store import Registration
-
-_CHUNK = 64 * 1024
 
 
 class AdminApi:
@@ -108,13 +107,9 @@ class AdminApi:
 
     async def _json(self, request: web.Request) -> Any:
         """The request body as JSON, read up to the admin body limit."""
-        if (request.content_length or 0) > self.max_body:
-            raise _too_large(self.max_body)
-        data = bytearray()
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            data += chunk
-            if len(data) > self.max_body:
-                raise _too_large(self.max_body)
+        data = await read_body(
+            request, self.max_body, "admin request body", "limits.admin_max_body"
+        )
         try:
             return json.loads(data)
         except (ValueError, RecursionError) as exc:
@@ -141,12 +136,6 @@ def _where(registration: Registration) -> dict[str, Any]:
     if registration.upstream:
         return {"upstream": registration.upstream}
     return {"targets": list(registration.targets)}
-
-
-def _too_large(limit: int) -> BridgeError:
-    return BridgeError(
-        errors.RESOURCE_EXHAUSTED, f"admin request body over {limit} bytes", status=413
-    )
 
 
 def _dumps(value: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Final, cast
 
 from aiohttp import web
 
-from bridge import errors
+from bridge import edge, errors
 from bridge.admin import AdminApi
 from bridge.config import Settings
 from bridge.errors import BridgeError, error_response
@@ -52,6 +52,7 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
     upstreams = Upstreams(settings.upstreams.values())
     app = web.Application(client_max_size=settings.limits.max_body)
     app[SETTINGS] = settings
+    app[edge.LIMITS] = settings.limits
     app[REGISTRY] = registry
     app[UPSTREAMS] = upstreams
     gateway = RestGateway(
@@ -146,14 +147,16 @@ async def start(
     port: int,
     registry: Registry | None = None,
     reuse_port: bool = False,
-) -> tuple[web.AppRunner, int]:
+) -> tuple[edge.EdgeRunner, int]:
     """Start serving on host:port (0 = any free port); returns the runner and the bound port."""
     app = await create_app(settings, registry)
     # aiohttp refuses a header over 8 KiB with a plain-text 400 before any handler runs; let
     # headers up to twice the metadata limit through so the bridge answers with a Status body.
     field_size = max(16 * 1024, 2 * settings.limits.max_metadata)
-    runner = web.AppRunner(
+    runner = edge.EdgeRunner(
         app,
+        settings.limits,
+        admin=settings.admin_token is not None,
         handler_cancellation=True,
         access_log=None,
         max_field_size=field_size,

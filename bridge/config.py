@@ -40,6 +40,8 @@ _TOP_UNSUPPORTED: Final = frozenset(
 _UPSTREAM_KEYS: Final = frozenset({"targets", "timeout", "tls", "reflection"})
 _UPSTREAM_UNSUPPORTED: Final = frozenset({"retries", "circuit_breaker", "health_check"})
 _LIMIT_SIZES: Final = ("max_body", "ws_max_frame", "max_metadata", "admin_max_body")
+_LIMIT_COUNTS: Final = ("ws_max_calls", "max_connections")
+_LIMIT_DURATIONS: Final = ("ws_heartbeat", "header_timeout", "idle_timeout", "body_timeout")
 _JSON_FLAGS: Final = ("emit_unpopulated", "use_proto_names", "discard_unknown")
 _STORE_SCHEMES: Final = ("redis://", "rediss://")
 
@@ -128,6 +130,12 @@ class Limits:
     max_metadata: int = 8 * 1024  # total bytes of request metadata
     admin_max_body: int = 16 * 1024 * 1024  # admin uploads (proto sources) may be larger
     ws_heartbeat: float = 20.0  # seconds between WebSocket pings; no pong in half that closes
+    max_connections: int = 10_000  # open client connections; idle ones make room for new ones
+    header_timeout: float = 10.0  # seconds to send a request head (from connect, or first byte)
+    idle_timeout: float = 75.0  # seconds a keep-alive connection may wait for its next request
+    # Seconds for a whole request body, from when the handler starts reading it: a total, not a
+    # gap between reads, so a byte-a-second trickle cannot hold a handler (nginx's 60 s is a gap).
+    body_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -473,16 +481,14 @@ def _headers(ctx: _Context, value: Any) -> tuple[str, ...]:
 
 
 def _limits(ctx: _Context, value: Any) -> Limits:
-    data = _section(ctx, "limits", value, (*_LIMIT_SIZES, "ws_max_calls", "ws_heartbeat"))
+    kinds = ((_LIMIT_SIZES, parse_size), (_LIMIT_COUNTS, _count),
+             (_LIMIT_DURATIONS, _positive_duration))  # fmt: skip
+    data = _section(ctx, "limits", value, tuple(n for names, _ in kinds for n in names))
     d = Limits()
-    sizes = {
-        n: _amount(ctx, f"limits.{n}", data.get(n), getattr(d, n), parse_size) for n in _LIMIT_SIZES
-    }
-    calls = _amount(ctx, "limits.ws_max_calls", data.get("ws_max_calls"), d.ws_max_calls, _count)
-    heartbeat = _amount(
-        ctx, "limits.ws_heartbeat", data.get("ws_heartbeat"), d.ws_heartbeat, _positive_duration
-    )
-    return Limits(ws_max_calls=calls, ws_heartbeat=heartbeat, **sizes)
+    return Limits(**{
+        n: _amount(ctx, f"limits.{n}", data.get(n), getattr(d, n), parse)
+        for names, parse in kinds for n in names
+    })  # fmt: skip
 
 
 def _positive_duration(value: Any) -> float:

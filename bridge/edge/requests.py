@@ -1,0 +1,144 @@
+"""What every request meets before routing (version, declared length, Expect), and body reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final, cast
+
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+from bridge import errors
+from bridge.config import Limits
+from bridge.edge.protocol import EdgeProtocol, parse_error, version_error
+from bridge.errors import BridgeError, error_response
+
+LIMITS: Final = web.AppKey("limits", Limits)  # read by read_body for limits.body_timeout
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class RequestGate:
+    """Checks a request's head before aiohttp routes it, for every route alike.
+
+    It runs before the route's expect handler, so a body that will be refused is refused
+    before aiohttp can send ``100 Continue`` for it. Its cost to a request that passes is a few
+    attribute reads and one header lookup: it returns the application's own coroutine rather
+    than wrapping it in another.
+    """
+
+    def __init__(self, handler: Handler, limits: Limits, *, admin: bool) -> None:
+        self._handler = handler
+        self._max_body = limits.max_body
+        self._admin_max_body = limits.admin_max_body if admin else limits.max_body
+        self._lowest = min(self._max_body, self._admin_max_body)
+
+    def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        body = request.content
+        cast(EdgeProtocol, request.protocol).begin(body)
+        version = request.version
+        if version is not HttpVersion11 and version != HttpVersion10 and version != HttpVersion11:
+            return _refuse_version(request)
+        if body is not EMPTY_PAYLOAD:
+            declared = request.headers.get(hdrs.CONTENT_LENGTH)
+            if declared is not None and int(declared) > self._lowest:
+                refusal = self._too_large(request, int(declared))
+                if refusal is not None:
+                    return _refuse(refusal)
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None and expect.strip().lower() != "100-continue":
+            return _refuse(BridgeError(
+                errors.FAILED_PRECONDITION,
+                f"Expect: {_quote(expect)} cannot be met; only 100-continue is supported",
+                status=417,
+            ))  # fmt: skip
+        return self._handler(request)
+
+    def _too_large(self, request: web.BaseRequest, declared: int) -> BridgeError | None:
+        admin = request.raw_path.startswith("/admin/")
+        limit = self._admin_max_body if admin else self._max_body
+        if declared <= limit:
+            return None
+        key = "limits.admin_max_body" if admin else "limits.max_body"
+        return BridgeError(
+            errors.RESOURCE_EXHAUSTED,
+            f"request body of {declared} bytes is over {limit} bytes ({key})",
+            status=413,
+        )
+
+
+async def _refuse(error: BridgeError) -> web.StreamResponse:
+    """The refusal, and the connection closes after it: an unread body cannot be skipped."""
+    response = error_response(error, {"Connection": "close"})
+    response.force_close()
+    return response
+
+
+def _refuse_version(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    version = f"{request.version.major}.{request.version.minor}"
+    # aiohttp writes the request's version in the status line; this answer is HTTP/1.1, so
+    # the request's cached `version` is made to say so (see protocol.check_aiohttp).
+    request._cache["version"] = HttpVersion11  # type: ignore[attr-defined]
+    return _refuse(version_error(version))
+
+
+def _quote(text: str) -> str:
+    short = text if len(text) <= 40 else text[:37] + "..."
+    return short.encode("unicode_escape").decode("ascii")
+
+
+async def read_body(request: web.BaseRequest, limit: int, what: str, key: str) -> bytes:
+    """The whole request body: at most `limit` bytes, all within ``limits.body_timeout``.
+
+    A body that arrived with its head is taken at once, with no timer. Past the limit it is a
+    413; a body still incomplete when the timeout ends is a 408; a body the parser cannot read
+    (a bad chunk, an oversized trailer) is a 400. After any of them the connection closes.
+    """
+    try:
+        return await _read(request, limit, what, key)
+    except BridgeError as error:
+        request.protocol.close()  # the rest of the body will not be read: end after the answer
+        error.headers["Connection"] = "close"
+        raise
+
+
+async def _read(request: web.BaseRequest, limit: int, what: str, key: str) -> bytes:
+    content = request.content
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(what, limit, key)
+    try:
+        if content.is_eof():
+            body = content.read_nowait()
+        else:
+            timeout = request.app[LIMITS].body_timeout
+            async with asyncio.timeout(timeout):
+                body = await _read_up_to(content, limit, what, key)
+    except TimeoutError:
+        raise BridgeError(
+            errors.DEADLINE_EXCEEDED,
+            f"the {what} did not arrive within {timeout:g}s (limits.body_timeout)",
+            status=408,
+        ) from None
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+        raise parse_error(cause, f"malformed {what}") from None
+    if len(body) > limit:
+        raise _too_large(what, limit, key)
+    return body
+
+
+async def _read_up_to(content: StreamReader, limit: int, what: str, key: str) -> bytes:
+    data = bytearray()
+    while chunk := await content.readany():
+        data += chunk
+        if len(data) > limit:
+            raise _too_large(what, limit, key)
+    return bytes(data)
+
+
+def _too_large(what: str, limit: int, key: str) -> BridgeError:
+    return BridgeError(errors.RESOURCE_EXHAUSTED, f"{what} over {limit} bytes ({key})", status=413)
