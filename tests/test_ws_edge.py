@@ -8,11 +8,14 @@ import asyncio
 import gc
 import json
 from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from typing import Any, Final
 
+import aiohttp
 import pytest
 
 from bridge.ws import wire
+from bridge.ws.session import Session
 from bridge.ws.wire import MaskGuard
 from tests.ws_client import (
     ECHO,
@@ -23,6 +26,7 @@ from tests.ws_client import (
     OP_TEXT,
     Backend,
     RawWs,
+    WsClient,
     connect,
     raw_connect,
     status,
@@ -164,6 +168,66 @@ async def until_status(ws: RawWs) -> list[dict[str, Any]]:
     return frames
 
 
+# --- repeated JSON names ------------------------------------------------------------------------
+
+
+START_ECHO: Final = f'{{"id": 1, "method": "{ECHO}Echo", '
+
+
+@pytest.mark.parametrize(
+    "start, key",
+    [
+        (START_ECHO + '"message": {"message": "a", "message": "b"}}', "message"),
+        (START_ECHO + '"message": {"inner": {"note": "a", "note": "b"}}}', "note"),
+        (START_ECHO + '"message": {}, "metadata": {"k": "1", "k": "2"}}', "k"),
+    ],
+    ids=["in the message", "deeper in the message", "in the metadata"],
+)
+async def test_a_start_frame_repeating_a_name_inside_is_that_calls_invalid_argument(
+    demo, backend, start, key
+):
+    before = (await backend.stats()).started
+    async with connect(demo.url) as ws:
+        ws.starts[1] += 1
+        await ws.send(start)
+        ended = status(await ws.until_status(1))
+        assert ended["code"] == 3 and f'duplicate key "{key}"' in ended["message"], ended
+        assert (await backend.stats()).started == before  # refused before any backend call
+        assert status(await ws.call(2, "Echo", {"message": "fine"})) == OK
+
+
+async def test_a_message_frame_repeating_a_name_ends_its_call_with_invalid_argument(demo, backend):
+    async with connect(demo.url) as ws:
+        for call_id in ("chat", "other"):
+            await ws.start(call_id, "Chat", {"user": "a", "text": "first"})
+            assert await chat_reply(ws, call_id) == "a: first"
+        await ws.send('{"id": "chat", "message": {"user": "a", "text": "x", "text": "y"}}')
+        ended = status(await ws.until_status("chat"))
+        assert ended["code"] == 3 and 'duplicate key "text"' in ended["message"], ended
+        assert ws.errors.empty()  # no untied error frame: the call's status said it
+        await ws.send({"id": "other", "message": {"user": "b", "text": "still open"}})
+        assert await chat_reply(ws, "other") == "b: still open"
+        await ws.send({"id": "other", "end": True})
+        assert status(await ws.until_status("other")) == OK
+    await backend.idle()
+
+
+async def chat_reply(ws: WsClient, call_id: str) -> str:
+    """The text of a Chat call's next reply (past its headers frame)."""
+    frame = await ws.next(call_id)
+    while "headers" in frame:
+        frame = await ws.next(call_id)
+    return str(frame["message"]["text"])
+
+
+async def test_a_frame_repeating_its_own_member_is_an_error_frame(demo):
+    async with connect(demo.url) as ws:
+        await ws.send(f'{{"id": 1, "method": "{ECHO}Echo", "method": "x", "message": {{}}}}')
+        error = await ws.error()
+        assert error["code"] == 3 and 'duplicate key "method"' in error["message"]
+        assert status(await ws.call(2, "Echo", {})) == OK
+
+
 # --- MaskGuard alone ------------------------------------------------------------------------------
 
 
@@ -231,6 +295,69 @@ async def test_guard_passes_every_byte_of_masked_frames(size):
         assert guard.feed_data(chunk) == (False, b"")
     assert bytes(reader.fed) == good
     assert queue.exception is None
+
+
+# --- Session.send alone: a socket that is gone --------------------------------------------------
+
+
+class GoneSocket:
+    """Stands for the aiohttp WebSocket of a connection lost while a frame was being sent."""
+
+    closed = False
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.sent = 0
+
+    async def send_frame(self, frame: bytes, opcode: Any) -> None:
+        self.sent += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionError("Connection lost"),  # a send waiting on a full socket (drain)
+        aiohttp.ClientConnectionResetError("Cannot write to closing transport"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        BrokenPipeError(32, "Broken pipe"),
+        ConnectionAbortedError(),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_send_on_a_lost_socket_is_quiet(error):
+    ws = GoneSocket(error)
+    session = Session(ws, None, None, [], max_calls=1, max_metadata=1)  # type: ignore[arg-type]
+    await session.send(b'{"id": 1, "message": {}}')
+    assert ws.sent == 1
+
+
+class BrokenCall:
+    """Stands for a WsCall whose run() has a bug."""
+
+    id = "broken"
+    method = SimpleNamespace(full_name="demo.echo.v1.EchoService/Echo")
+
+    async def run(self, first: Any) -> None:
+        raise KeyError("a bug")
+
+
+async def test_a_call_task_that_fails_is_logged_and_still_ends_with_a_status(caplog):
+    sent: list[bytes] = []
+    session = Session(None, None, None, [], max_calls=1, max_metadata=1)  # type: ignore[arg-type]
+
+    async def record(frame: bytes) -> None:
+        sent.append(frame)
+
+    session.send = record  # type: ignore[method-assign]
+    session.calls["broken"] = BrokenCall()  # type: ignore[assignment]
+    task = asyncio.create_task(session._run(BrokenCall(), None))  # type: ignore[arg-type]
+    await task
+    assert task.exception() is None  # nothing left for the loop to report
+    assert [json.loads(f)["status"]["code"] for f in sent] == [13]  # INTERNAL, exactly once
+    assert "broken" not in session.calls
+    [record_] = [r for r in caplog.records if r.name == "bridge.ws"]
+    assert record_.levelname == "ERROR" and "KeyError" in (record_.exc_text or "")
 
 
 # --- a socket lost in the middle of a fast stream ------------------------------------------------

@@ -55,7 +55,8 @@ def parse(text: str) -> Frame:
         raise FrameError("frame must be a JSON object")
     call_id = data.get("id")
     if isinstance(call_id, bool) or not isinstance(call_id, str | int):
-        raise FrameError('frame has no "id" (a string or an integer)')
+        # orjson reads an integer past 64 bits as a float, so say where integers end.
+        raise FrameError('frame has no "id" (a string, or an integer of at most 64 bits)')
     method = data.get("method")
     if method is not None and not isinstance(method, str):
         raise FrameError(f'call {call_id!r}: "method" must be a string like pkg.Service/Method')
