@@ -75,7 +75,8 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
     app.router.add_get("/demo", _demo)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_static("/static", STATIC)
-    app.router.add_route("*", "/{tail:.*}", _guarded(gateway.handle))
+    # [\s\S], not ".": a path may hold a newline (%0A), which "." would leave to aiohttp's 404.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _guarded(gateway.handle))
     app.on_shutdown.append(lambda _: sockets.shutdown())
     app.on_cleanup.append(_close_upstreams)
     return app

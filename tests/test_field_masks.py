@@ -222,6 +222,7 @@ def odd_record(pool: descriptor_pool.DescriptorPool) -> Descriptor:
         pytest.param("", None, id="empty"),
         pytest.param("Num.", None, id="trailing-dot"),
         pytest.param("tags.0", None, id="repeated-index"),
+        pytest.param("\ud800", None, id="lone-surrogate-is-unknown-not-a-crash"),
     ],
 )
 def test_resolve_path(fidelity_pool, path: str, expected: str | None) -> None:

@@ -54,12 +54,14 @@ def is_http_body(field: FieldDescriptor | None) -> bool:
 
 def find_field(message: Descriptor, name: str) -> FieldDescriptor | None:
     """The field called ``name`` by its proto name or its JSON name."""
-    field = message.fields_by_name.get(name)
+    # Proto names are ASCII identifiers; upb fails (SystemError) on text it cannot encode.
+    field = message.fields_by_name.get(name) if name.isascii() else None
     if field is None:
         field = _json_names(message).get(name)
     return field
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: every snapshot brings new descriptors
 def _json_names(message: Descriptor) -> dict[str, FieldDescriptor]:
     return {f.json_name: f for f in message.fields}
 
