@@ -186,6 +186,24 @@ def test_full_config_sets_every_field(tmp_path: Path) -> None:
     )
 
 
+def test_edge_limits_and_their_defaults(tmp_path: Path) -> None:
+    """SPEC section 6's connection limits: durations as strings, the count as a number."""
+    assert Limits() == Limits(
+        max_connections=10_000, header_timeout=10.0, idle_timeout=75.0, body_timeout=60.0
+    )
+    text = """
+    limits:
+      max_connections: 500
+      header_timeout: 2500ms
+      idle_timeout: 2m
+      body_timeout: 1m30s
+    """
+    limits = load_settings(write(tmp_path, text), env={}).limits
+    assert (limits.max_connections, limits.header_timeout) == (500, 2.5)
+    assert (limits.idle_timeout, limits.body_timeout) == (120.0, 90.0)
+    assert limits.max_body == Limits().max_body  # the other limits keep their defaults
+
+
 def test_settings_are_frozen(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, FULL_CONFIG), env={"ORDERS_TARGET": "o:1"})
     with pytest.raises(AttributeError):
@@ -517,6 +535,42 @@ ERROR_CASES = [
         {},
         ["limits.ws_max_calls: expected a whole number, got 1.5"],
         id="fractional-ws-max-calls",
+    ),
+    pytest.param(
+        "limits:\n  header_timeout: 10 sec\n",
+        {},
+        ["limits.header_timeout: '10 sec' is not a duration"],
+        id="bad-header-timeout",
+    ),
+    pytest.param(
+        "limits:\n  idle_timeout: 0s\n",
+        {},
+        ["limits.idle_timeout: '0s' must be above zero"],
+        id="zero-idle-timeout",
+    ),
+    pytest.param(
+        "limits:\n  body_timeout: [1s]\n",
+        {},
+        ["limits.body_timeout: ['1s'] is not a duration"],
+        id="body-timeout-not-a-string",
+    ),
+    pytest.param(
+        "limits:\n  max_connections: 0\n",
+        {},
+        ["limits.max_connections: must be more than zero, got 0"],
+        id="zero-max-connections",
+    ),
+    pytest.param(
+        "limits:\n  max_connections: 10k\n",
+        {},
+        ["limits.max_connections: expected a whole number, got '10k'"],
+        id="max-connections-with-a-unit",
+    ),
+    pytest.param(
+        "limits:\n  header_timout: 5s\n",
+        {},
+        ["limits.header_timout: unknown key (did you mean 'header_timeout'?)"],
+        id="misspelt-limit",
     ),
     pytest.param(
         "forward_headers: [x-ok, 'bad header']\n",

@@ -116,7 +116,7 @@ class ConnectionTable:
         return first_waiting[0]
 
     def _arm(self, deadline: float) -> None:
-        """Make the one timer fire by `deadline` (queues only grow at their end, so it rarely moves)."""
+        """Make the one timer fire by `deadline` (queues grow at their end: it rarely moves)."""
         if deadline >= self._timer_at:
             return
         if self._timer is not None:

@@ -90,7 +90,7 @@ def _quote(text: str) -> str:
     return short.encode("unicode_escape").decode("ascii")
 
 
-async def read_body(request: web.BaseRequest, limit: int, what: str, key: str) -> bytes:
+async def read_body(request: web.Request, limit: int, what: str, key: str) -> bytes:
     """The whole request body: at most `limit` bytes, all within ``limits.body_timeout``.
 
     A body that arrived with its head is taken at once, with no timer. Past the limit it is a
@@ -105,7 +105,7 @@ async def read_body(request: web.BaseRequest, limit: int, what: str, key: str) -
         raise
 
 
-async def _read(request: web.BaseRequest, limit: int, what: str, key: str) -> bytes:
+async def _read(request: web.Request, limit: int, what: str, key: str) -> bytes:
     content = request.content
     declared = request.content_length
     if declared is not None and declared > limit:
