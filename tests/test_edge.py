@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from aiohttp import http_parser
 
 from tests.conftest import ROOT, Bridge, StartBridge, demo_config
 from tests.raw_http import RawConnection, exchange, request
@@ -35,6 +36,8 @@ FAST: Final = {
 }
 TOKEN: Final = "edge-token"
 HEALTHZ: Final = request("GET", "/healthz")
+# aiohttp's C parser (llhttp) unless AIOHTTP_NO_EXTENSIONS is set; a few answers differ.
+C_PARSER: Final = http_parser.HttpRequestParser is not http_parser.HttpRequestParserPy
 
 
 @pytest.fixture(autouse=True)
@@ -233,7 +236,8 @@ MALFORMED: Final = [
                  id="length-and-chunked"),
     pytest.param(b"POST / HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
                  "chunk", id="bad-chunk-size"),
-    pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "", id="tls-on-http-port"),
+    pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "", id="tls-on-http-port",
+                 marks=pytest.mark.skipif(not C_PARSER, reason="the Python parser awaits a line")),
 ]  # fmt: skip
 
 
@@ -263,7 +267,14 @@ async def test_a_malformed_request_is_400_status_json_and_one_debug_line(
     [
         pytest.param(b"GET {path} HTTP/2.0", id="http-2.0"),
         pytest.param(b"GET {path} HTTP/0.9", id="http-0.9"),
-        pytest.param(b"GET {path}", id="no-version"),
+        pytest.param(
+            b"GET {path}",
+            id="no-version",
+            marks=pytest.mark.skipif(
+                not C_PARSER,
+                reason="HTTP/0.9 to llhttp, a malformed line (400) to the Python parser",
+            ),
+        ),
         pytest.param(b"GET {path} HTTP/1.2", id="http-1.2"),
         pytest.param(b"GET {path} HTTP/3.0", id="http-3.0"),
     ],

@@ -17,7 +17,16 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    ContentEncodingError,
+    ContentLengthError,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    TransferEncodingError,
+)
 from aiohttp.streams import StreamReader
 
 from bridge import errors
@@ -33,6 +42,7 @@ LINGER: Final = 2.0
 # At most this many connections linger at once; beyond it an answer is followed by a plain close.
 LINGER_SLOTS: Final = 64
 _EXCERPT: Final = 40  # characters of the offending bytes quoted in a parse error
+_REASON: Final = 100  # characters of the parser's own description
 
 TIMED_OUT: Final = BridgeError(
     errors.DEADLINE_EXCEEDED,
@@ -237,7 +247,11 @@ def raw_answer(error: BridgeError) -> bytes:
 
 
 def parse_error(exc: BaseException | None, what: str = "malformed HTTP request") -> BridgeError:
-    """The Status error for a request aiohttp's parser refused, quoting little and escaped."""
+    """The Status error for a request aiohttp's parser refused, quoting little and escaped.
+
+    The C parser's messages name the problem and quote the bytes around it (as a repr); the
+    pure-Python parser's often quote only the bytes, so its error types name the problem.
+    """
     if isinstance(exc, LineTooLong):
         limit = exc.args[1] if len(exc.args) > 1 else "the allowed"
         return errors.invalid_argument(f"{what}: a line or header field is over {limit} bytes")
@@ -249,12 +263,25 @@ def parse_error(exc: BaseException | None, what: str = "malformed HTTP request")
             excerpt = excerpt or line  # the parser's repr() of the bytes around the error
         elif line.strip("^ "):
             reasons.append(line.rstrip(":. "))
-    reason = ": ".join(reasons) or "unreadable request"
+    kind = next((name for cls, name in _KINDS if isinstance(exc, cls)), None)
+    if kind is not None:
+        reasons, excerpt = [kind], excerpt or repr(" ".join(reasons))
+    reason = _shorten(": ".join(reasons) or "unreadable request", _REASON)
     if excerpt:
-        reason += f", at {_shorten(excerpt)}"
+        reason += f", at {_shorten(excerpt, _EXCERPT)}"
     if "Invalid HTTP version" in text:
         return _version_error(reason)
     return errors.invalid_argument(f"{what}: {_printable(reason)}")
+
+
+# What the pure-Python parser's errors mean, where their text is only the offending bytes.
+_KINDS: Final = (
+    (TransferEncodingError, "bad chunked encoding"),
+    (ContentLengthError, "the body is shorter than its Content-Length"),
+    (ContentEncodingError, "the body does not decode as its Content-Encoding says"),
+    (InvalidHeader, "invalid header"),
+    (InvalidURLError, "invalid request target"),
+)
 
 
 def version_error(version: str) -> BridgeError:
@@ -269,8 +296,8 @@ def _version_error(reason: str) -> BridgeError:
     )
 
 
-def _shorten(text: str) -> str:
-    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _printable(text: str) -> str:
