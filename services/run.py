@@ -44,6 +44,10 @@ curl -N -H 'Accept: text/event-stream' '{BRIDGE_URL}/v1/ticks?count=5&interval_m
 # the default route, for any method
 curl -s -X POST {BRIDGE_URL}/demo.echo.v1.EchoService/Echo -H 'Content-Type: application/json' \\
   -d '{{"message": "hello", "number": "9007199254740993"}}'
+# google.api.HttpBody: a download streamed as raw bytes, an upload taking the raw body
+curl -N '{BRIDGE_URL}/v1/files/report.txt?lines=3&interval_ms=300'
+printf 'hello, raw bytes' | curl -s --data-binary @- -H 'Content-Type: application/octet-stream' \\
+  {BRIDGE_URL}/v1/files/hello.bin
 # every call kind over one WebSocket, in the browser: open {BRIDGE_URL}/demo
 # the OpenAPI document of every route
 curl -s {BRIDGE_URL}/openapi.json | head -c 300; echo"""
