@@ -89,9 +89,16 @@ class ConnectionTable:
 
     def rest(self, conn: Connection) -> None:
         """A response went out and the connection stays open for the next request."""
-        if conn.counted:
-            self.start_request(conn)
-            self._enqueue(self.idle, conn, self._loop.time())
+        if not conn.counted:
+            return
+        queue = conn.queue
+        if queue is not None:  # written out by hand: this runs once per response
+            del queue[conn]
+        now = self._loop.time()
+        self.idle[conn] = now
+        conn.queue = self.idle
+        if now + self.idle_timeout < self._timer_at:
+            self._arm(now + self.idle_timeout)
 
     def leave(self, conn: Connection) -> None:
         """The connection closed."""

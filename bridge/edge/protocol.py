@@ -128,12 +128,12 @@ class EdgeProtocol(web_protocol.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if self.queue is not None:  # waiting: these bytes begin or continue a request head
-            if data:
-                self._edge.table.head_started(self)
-                self._started = True
             super().data_received(data)
             if self._messages:  # the head is complete (or failed to parse)
                 self._edge.table.start_request(self)
+            elif data:
+                self._edge.table.head_started(self)
+                self._started = True
             return
         body = self._body
         if body is None or body.is_eof():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Final, cast
+from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
@@ -13,7 +13,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from bridge import errors
 from bridge.config import Limits
-from bridge.edge.protocol import EdgeProtocol, parse_error, version_error
+from bridge.edge.protocol import parse_error, version_error
 from bridge.errors import BridgeError, error_response
 
 LIMITS: Final = web.AppKey("limits", Limits)  # read by read_body for limits.body_timeout
@@ -38,7 +38,7 @@ class RequestGate:
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         body = request.content
-        cast(EdgeProtocol, request.protocol).begin(body)
+        request.protocol.begin(body)  # type: ignore[attr-defined]  # always an EdgeProtocol
         version = request.version
         if version is not HttpVersion11 and version != HttpVersion10 and version != HttpVersion11:
             return _refuse_version(request)
