@@ -296,6 +296,11 @@ def _version_error(reason: str) -> BridgeError:
     )
 
 
+def quote(text: str) -> str:
+    """A client's text as a short excerpt of printable ASCII, fit to go into a message."""
+    return _printable(_shorten(text, _EXCERPT))
+
+
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

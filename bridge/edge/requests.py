@@ -13,7 +13,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from bridge import errors
 from bridge.config import Limits
-from bridge.edge.protocol import parse_error, version_error
+from bridge.edge.protocol import parse_error, quote, version_error
 from bridge.errors import BridgeError, error_response
 
 LIMITS: Final = web.AppKey("limits", Limits)  # read by read_body for limits.body_timeout
@@ -33,8 +33,9 @@ class RequestGate:
     def __init__(self, handler: Handler, limits: Limits, *, admin: bool) -> None:
         self._handler = handler
         self._max_body = limits.max_body
-        self._admin_max_body = limits.admin_max_body if admin else limits.max_body
-        self._lowest = min(self._max_body, self._admin_max_body)
+        self._admin_max_body = limits.admin_max_body
+        self._admin = admin  # without an admin token there are no admin routes
+        self._lowest = min(self._max_body, self._admin_max_body if admin else self._max_body)
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         body = request.content
@@ -52,13 +53,13 @@ class RequestGate:
         if expect is not None and expect.strip().lower() != "100-continue":
             return _refuse(BridgeError(
                 errors.FAILED_PRECONDITION,
-                f"Expect: {_quote(expect)} cannot be met; only 100-continue is supported",
+                f"Expect: {quote(expect)} cannot be met; only 100-continue is supported",
                 status=417,
             ))  # fmt: skip
         return self._handler(request)
 
     def _too_large(self, request: web.BaseRequest, declared: int) -> BridgeError | None:
-        admin = request.raw_path.startswith("/admin/")
+        admin = self._admin and request.raw_path.startswith("/admin/")
         limit = self._admin_max_body if admin else self._max_body
         if declared <= limit:
             return None
@@ -83,11 +84,6 @@ def _refuse_version(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
     # the request's cached `version` is made to say so (see protocol.check_aiohttp).
     request._cache["version"] = HttpVersion11  # type: ignore[attr-defined]
     return _refuse(version_error(version))
-
-
-def _quote(text: str) -> str:
-    short = text if len(text) <= 40 else text[:37] + "..."
-    return short.encode("unicode_escape").decode("ascii")
 
 
 async def read_body(request: web.Request, limit: int, what: str, key: str) -> bytes:
