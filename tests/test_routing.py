@@ -343,6 +343,22 @@ def test_match_partial(verb: str, path: str, allowed: tuple[str, ...] | None) ->
     assert match.params == {}
 
 
+METHODS = [
+    pytest.param("/v1/users/42", ("DELETE", "GET"), id="resource"),
+    pytest.param("/v1/users", ("GET", "POST"), id="collection"),
+    pytest.param("/v1/users/a:ban", ("DELETE", "GET", "POST"), id="verb-and-plain-routes"),
+    pytest.param("/v1/any/x", ("GET", "PUT"), id="star-and-double-star"),
+    pytest.param("/v1/ping", ("HEAD",), id="head-only"),
+    pytest.param("/v2/users", (), id="no-route"),
+    pytest.param("v1/users", (), id="no-leading-slash"),
+]
+
+
+@pytest.mark.parametrize(("path", "methods"), METHODS)
+def test_methods_at_a_path(path: str, methods: tuple[str, ...]) -> None:
+    assert TABLE.methods(path) == methods
+
+
 def test_head_is_not_special() -> None:
     table = RouteTable([route("GET", "/v1/users")])
     assert table.match("HEAD", "/v1/users") == Match(MatchKind.PARTIAL, allowed=("GET",))

@@ -186,8 +186,16 @@ class RouteTable:
             if found is not None:
                 compiled, raw = found
                 return Match(MatchKind.FULL, compiled.route, compiled.bind(raw))
-        allowed = tuple(sorted(m for m, t in self._tries.items() if m != verb and _find(t, split)))
+        allowed = self._fitting(split, skip=verb)
         return Match(MatchKind.PARTIAL, allowed=allowed) if allowed else _NO_MATCH
+
+    def methods(self, path: str) -> tuple[str, ...]:
+        """The sorted HTTP methods some route serves at a raw URL path (a CORS preflight's list)."""
+        split = _Path.split(path)
+        return () if split is None else self._fitting(split)
+
+    def _fitting(self, path: _Path, skip: str | None = None) -> tuple[str, ...]:
+        return tuple(sorted(m for m, t in self._tries.items() if m != skip and _find(t, path)))
 
 
 def _compile(route: Route) -> _Compiled:
