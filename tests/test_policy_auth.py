@@ -1,25 +1,21 @@
-"""The auth step alone (SPEC 6): API keys, JWTs made by PyJWT with RSA and EC keys generated
-here, every refusal, rules, scopes, the JWKS watcher; against a fake next step and fake calls."""
+"""The auth step alone (SPEC 6): API keys, real JWTs (tests/tokens.py), every refusal, rules,
+scopes, the JWKS watcher; against a fake next step and fake calls."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import hmac
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from multidict import CIMultiDict
 
 from bridge import errors
@@ -28,104 +24,34 @@ from bridge.config import ApiKey, ApiKeySettings, AuthRule, AuthSettings, Config
 from bridge.errors import BridgeError
 from bridge.policy import auth as auth_module
 from bridge.policy.auth import UNMATCHED, Authenticator, AuthStep
+from tests.tokens import (
+    AUDIENCE,
+    ISSUER,
+    SECRET,
+    Keys,
+    b64,
+    claims,
+    confusion,
+    es256,
+    hs256,
+    jwk,
+    new_keys,
+    rs256,
+    standard_jwks,
+    tampered,
+    write_jwks,
+)  # fmt: skip
 
-ISSUER: Final = "https://issuer.test"
-AUDIENCE: Final = "bridge"
-SECRET: Final = "s" * 32  # HS256 needs 32 bytes (RFC 7518 section 3.2)
 KEYS: Final = {"alice-key-0123456789": "alice", "anonymous-key-9876543210": None}
 METHOD: Final = "demo.users.v1.UserService/GetUser"
 
 
-# --- keys, JWKS files and tokens -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Keys:
-    rsa: rsa.RSAPrivateKey
-    ec: ec.EllipticCurvePrivateKey
-    ed: ed25519.Ed25519PrivateKey
-    other_rsa: rsa.RSAPrivateKey  # an attacker's, or the next key in a rotation
+# --- the authenticator and fake calls --------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    def new_rsa() -> rsa.RSAPrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    return Keys(
-        new_rsa(), ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate(),
-        new_rsa(),
-    )  # fmt: skip
-
-
-def jwk(public_key: Any, kid: str | None, **extra: Any) -> dict[str, Any]:
-    kind = {
-        rsa.RSAPublicKey: RSAAlgorithm, ec.EllipticCurvePublicKey: ECAlgorithm,
-        ed25519.Ed25519PublicKey: OKPAlgorithm,
-    }  # fmt: skip
-    [algorithm] = [a for t, a in kind.items() if isinstance(public_key, t)]
-    entry = json.loads(algorithm.to_jwk(public_key))
-    return {**entry, **({} if kid is None else {"kid": kid}), **extra}
-
-
-def write_jwks(path: Path, *entries: dict[str, Any]) -> Path:
-    path.write_text(json.dumps({"keys": list(entries)}))
-    return path
-
-
-def standard_jwks(path: Path, keys: Keys) -> Path:
-    return write_jwks(
-        path, jwk(keys.rsa.public_key(), "r1"), jwk(keys.ec.public_key(), "e1"),
-        jwk(keys.ed.public_key(), "d1"),
-    )  # fmt: skip
-
-
-def claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base = {"sub": "user-1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
-    base.update(changes)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def hmac_token(header: dict[str, Any], payload: dict[str, Any], secret: bytes) -> str:
-    """An HS256 token made by hand: PyJWT refuses to sign with a PEM key, an attacker does not."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
-
-
-def public_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-TokenMaker = Callable[[Keys], str]
-
-
-def rs256(payload: dict[str, Any] | None = None, kid: str | None = "r1", **h: Any) -> TokenMaker:
-    headers = {**({} if kid is None else {"kid": kid}), **h}
-    return lambda k: jwt.encode(payload or claims(), k.rsa, "RS256", headers=headers)
-
-
-def es256(payload: dict[str, Any] | None = None) -> TokenMaker:
-    return lambda k: jwt.encode(payload or claims(), k.ec, "ES256", headers={"kid": "e1"})
-
-
-def hs256(payload: dict[str, Any] | None = None, secret: str = SECRET) -> TokenMaker:
-    return lambda k: jwt.encode(payload or claims(), secret, "HS256")
-
-
-def tampered(k: Keys) -> str:
-    head, _, signature = rs256()(k).split(".")
-    return f"{head}.{b64(json.dumps(claims(sub='admin')).encode())}.{signature}"
-
-
-# --- the authenticator and fake calls --------------------------------------------------------
+    return new_keys()
 
 
 def jwt_settings(**changes: Any) -> JwtSettings:
@@ -248,11 +174,6 @@ def test_good_tokens_prove_their_subject_and_scopes(auth, keys, make, subject, s
 def test_the_bearer_scheme_is_case_insensitive(auth, keys):
     headers = CIMultiDict({"authorization": f"bearer  {rs256()(keys)} "})
     assert auth.identify(headers).subject == "user-1"
-
-
-def confusion(k: Keys) -> str:
-    """HS256 "signed" with the RSA public key, as a JWKS or PEM publishes it."""
-    return hmac_token({"alg": "HS256", "typ": "JWT", "kid": "r1"}, claims(), public_pem(k.rsa))
 
 
 REFUSED: Final = [
