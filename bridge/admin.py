@@ -17,6 +17,7 @@ from bridge.edge import read_body
 from bridge.errors import BridgeError, error_response
 from bridge.registry.registrar import Registrar
 from bridge.registry.store import Registration
+from bridge.transcode import json_text
 
 
 class AdminApi:
@@ -50,7 +51,7 @@ class AdminApi:
             try:
                 status, body = await handler(request)
             except BridgeError as exc:
-                return error_response(exc)
+                return error_response(exc)  # a bug goes on to the app's guard: INTERNAL
             return web.json_response(body, status=status, dumps=_dumps)
 
         return guarded
@@ -111,8 +112,8 @@ class AdminApi:
             request, self.max_body, "admin request body", "limits.admin_max_body"
         )
         try:
-            return json.loads(data)
-        except (ValueError, RecursionError) as exc:
+            return json_text.loads(data)
+        except json_text.JsonError as exc:
             raise errors.invalid_argument(f"request body is not valid JSON: {exc}") from None
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Final, cast
 
@@ -16,15 +16,27 @@ from aiohttp import web
 from bridge import edge, errors
 from bridge.admin import AdminApi
 from bridge.config import Settings
-from bridge.errors import BridgeError, error_response
-from bridge.http import RestGateway
+from bridge.errors import error_response
+from bridge.http import RID, RestGateway
 from bridge.openapi import openapi_document
-from bridge.registry import JsonShape, Registry, Snapshot, build_snapshot, load_includes
+from bridge.policy import Chains, Policies
+from bridge.registry import (
+    JsonShape,
+    ProtoSet,
+    Registry,
+    Snapshot,
+    build_snapshot,
+    load_includes,
+)
 from bridge.registry.registrar import Registrar
+from bridge.upstream.call import Upstream
+from bridge.upstream.metadata import request_id
 from bridge.upstream.pool import Upstreams
 from bridge.ws import WebSocketGateway
 
 log = logging.getLogger("bridge")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATIC: Final = Path(__file__).resolve().parent / "static"
 
@@ -39,29 +51,43 @@ def json_shape(settings: Settings) -> JsonShape:
     return JsonShape(j.emit_unpopulated, j.use_proto_names, j.discard_unknown)
 
 
-async def load_registry(settings: Settings) -> Registry:
-    """Compile ``protos.include`` and build the first snapshot (CompileError, SnapshotError)."""
-    include = await load_includes(settings.protos_include)
-    return Registry(build_snapshot([include], settings.upstream_for, json_shape(settings)))
+async def load_registry(
+    settings: Settings, chains: Chains | None = None, include: ProtoSet | None = None
+) -> Registry:
+    """Compile ``protos.include`` and build the first snapshot (CompileError, SnapshotError).
+
+    ``include``, already compiled, skips the compile; without ``chains`` the registry
+    describes the routes (``bridge check``) but cannot serve them.
+    """
+    if include is None:
+        include = await load_includes(settings.protos_include)
+    snapshot = build_snapshot([include], settings.upstream_for, json_shape(settings), chains)
+    return Registry(snapshot, chains)
 
 
-async def create_app(settings: Settings, registry: Registry | None = None) -> web.Application:
-    """The bridge as an aiohttp application; must be called with the event loop running."""
-    if registry is None:
-        registry = await load_registry(settings)
+async def create_app(settings: Settings, include: ProtoSet | None = None) -> web.Application:
+    """The bridge as an aiohttp application; must be called with the event loop running.
+
+    ``include`` is the config's ``protos.include``, when the caller compiled it already.
+    """
+    if include is None:  # before any channel opens: protoc runs in a forked process
+        include = await load_includes(settings.protos_include)
     upstreams = Upstreams(settings.upstreams.values())
-    app = web.Application(client_max_size=settings.limits.max_body)
+    policies = Policies(settings, Upstream(upstreams))
+    registry = await load_registry(settings, policies.chain, include)
+    app = web.Application(client_max_size=settings.limits.max_body, middlewares=[_guard])
     app[SETTINGS] = settings
     app[edge.LIMITS] = settings.limits
     app[REGISTRY] = registry
     app[UPSTREAMS] = upstreams
+    client_address = _peer_address
     gateway = RestGateway(
         registry,
-        upstreams,
         forward_headers=frozenset(settings.forward_headers),
         max_metadata=settings.limits.max_metadata,
+        client_address=client_address,
     )
-    sockets = WebSocketGateway(settings, registry, upstreams)
+    sockets = WebSocketGateway(settings, registry, client_address, policies.identify)
     registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0])
     app[REGISTRAR] = registrar
     app.cleanup_ctx.append(lambda _: _registrations(registrar))
@@ -76,7 +102,7 @@ async def create_app(settings: Settings, registry: Registry | None = None) -> we
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_static("/static", STATIC)
     # [\s\S], not ".": a path may hold a newline (%0A), which "." would leave to aiohttp's 404.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", _guarded(gateway.handle))
+    app.router.add_route("*", r"/{tail:[\s\S]*}", gateway.handle)
     app.on_shutdown.append(lambda _: sockets.shutdown())
     app.on_cleanup.append(_close_upstreams)
     return app
@@ -92,19 +118,21 @@ async def _registrations(registrar: Registrar) -> AsyncIterator[None]:
         await watcher
 
 
-def _guarded(handler):  # type: ignore[no-untyped-def]
-    """Turn a bug into a logged 500 with a Status body instead of aiohttp's bare error page."""
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn a bug in any handler into a logged INTERNAL Status, not aiohttp's bare 500 page."""
+    try:
+        return await handler(request)
+    except (asyncio.CancelledError, web.HTTPException, ConnectionResetError):
+        raise
+    except Exception:
+        rid = request.get(RID) or request_id(request.headers)
+        error = errors.internal(log, f"{request.method} {request.path}", rid)
+        return error_response(error, {"X-Request-Id": rid})
 
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except (asyncio.CancelledError, web.HTTPException, ConnectionResetError):
-            raise
-        except Exception:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
-            return error_response(BridgeError(errors.INTERNAL, "internal error in the bridge"))
 
-    return guarded
+def _peer_address(request: web.Request) -> str | None:
+    return request.remote
 
 
 _DOCUMENTS: weakref.WeakKeyDictionary[Snapshot, bytes] = weakref.WeakKeyDictionary()
@@ -146,11 +174,11 @@ async def start(
     settings: Settings,
     host: str,
     port: int,
-    registry: Registry | None = None,
+    include: ProtoSet | None = None,
     reuse_port: bool = False,
 ) -> tuple[edge.EdgeRunner, int]:
     """Start serving on host:port (0 = any free port); returns the runner and the bound port."""
-    app = await create_app(settings, registry)
+    app = await create_app(settings, include)
     # aiohttp refuses a header over 8 KiB with a plain-text 400 before any handler runs; let
     # headers up to twice the metadata limit through so the bridge answers with a Status body.
     field_size = max(16 * 1024, 2 * settings.limits.max_metadata)

@@ -1,15 +1,16 @@
-"""The ``bridge`` command: serve, check, openapi, and protos add|list|remove."""
+"""The ``bridge`` command: serve, check, openapi, schema, and protos add|list|remove."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from bridge.admin_client import ClientError, add_commands
 from bridge.config import ConfigError, Settings, load_settings
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     openapi = commands.add_parser("openapi", help="print the OpenAPI 3.1 document of the routes")
     openapi.add_argument("--config", required=True)
     openapi.set_defaults(run=_openapi)
+    schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.set_defaults(run=_schema)
     add_commands(commands)
     return parser
 
@@ -63,8 +66,15 @@ def _settings(path: str) -> Settings:
 async def _load(settings: Settings) -> Registry:
     from bridge.app import load_registry
 
-    try:
+    with _proto_errors(settings):
         return await load_registry(settings)
+
+
+@contextlib.contextmanager
+def _proto_errors(settings: Settings) -> Iterator[None]:
+    """Protos that do not compile or cannot be served, as one readable fatal message."""
+    try:
+        yield
     except CompileError as exc:
         lines = "\n  ".join(str(d) for d in exc.diagnostics)
         raise Fatal(
@@ -101,6 +111,16 @@ def _openapi(args: argparse.Namespace) -> int:
     registry = asyncio.run(_load(settings))
     document = openapi_document(registry.snapshot, use_proto_names=settings.json.use_proto_names)
     print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _schema(_args: argparse.Namespace) -> int:
+    """Print the config file's JSON Schema, which bridge.schema.json at the repo root holds."""
+    import json
+
+    from bridge.config import config_schema
+
+    print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -143,9 +163,9 @@ def _use_uvloop() -> None:
 async def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> int:
     from bridge.app import start
 
-    registry = await _load(settings)
     try:
-        runner, bound = await start(settings, host, port, registry, reuse_port=reuse_port)
+        with _proto_errors(settings):
+            runner, bound = await start(settings, host, port, reuse_port=reuse_port)
     except OSError as exc:
         raise Fatal(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     log.info("bridge listening on http://%s:%d (pid %d)", host, bound, os.getpid())

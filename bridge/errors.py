@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -79,10 +80,20 @@ class BridgeError(Exception):
         self.message = message
         self.details = list(details)
         self.headers = headers or {}
+        # A backend's trailing metadata: HTTP sends it as Grpc-Trailer-* headers (in
+        # ``headers``), a WebSocket call in its status frame.
+        self.trailers: list[tuple[str, str | bytes]] = []
 
     def to_status(self) -> dict[str, Any]:
         """The google.rpc.Status JSON object of this error."""
         return {"code": self.code, "message": self.message, "details": self.details, **self.extra}
+
+
+def internal(log: logging.Logger, what: str, request_id: str) -> BridgeError:
+    """A bug met while serving a call: logged once, with its traceback and request id, and
+    returned as the INTERNAL status the client gets instead (every transport uses this)."""
+    log.exception("%s failed (request id %s)", what, request_id)
+    return BridgeError(INTERNAL, f"internal error in the bridge (request id {request_id})")
 
 
 def invalid_argument(message: str) -> BridgeError:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
 from google.protobuf.message import Message
 
 from bridge import errors
+from bridge.call import HTTP, Call, Reply
 from bridge.edge import read_body
 from bridge.errors import BridgeError, error_response
 from bridge.registry import Registry
@@ -15,13 +17,20 @@ from bridge.registry.snapshot import Binding
 from bridge.routing import MatchKind
 from bridge.transcode.request import decode_json
 from bridge.transcode.response import OCTET_STREAM, ndjson_line, sse_event
-from bridge.upstream import call as calls
-from bridge.upstream.metadata import parse_grpc_timeout, request_id, request_metadata
-from bridge.upstream.pool import Upstreams
+from bridge.upstream.metadata import (
+    parse_grpc_timeout,
+    request_id,
+    request_metadata,
+    response_headers,
+)
 
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"
 SSE: Final = "text/event-stream"
+RID: Final = web.RequestKey("request_id", str)  # the call's x-request-id, for the guard's log
+
+# The client's address as the bridge believes it (X-Forwarded-For only from trusted proxies).
+ClientAddress = Callable[[web.Request], "str | None"]
 
 
 class RestGateway:
@@ -30,18 +39,18 @@ class RestGateway:
     def __init__(
         self,
         registry: Registry,
-        upstreams: Upstreams,
         *,
         forward_headers: frozenset[str],
         max_metadata: int,
+        client_address: ClientAddress,
     ) -> None:
         self.registry = registry
-        self.upstreams = upstreams
         self.forward_headers = forward_headers
         self.max_metadata = max_metadata
+        self.client_address = client_address
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        rid = request_id(request.headers)
+        rid = request[RID] = request_id(request.headers)  # the guard logs it on a bug
         try:
             return await self._handle(request, rid)
         except BridgeError as error:
@@ -49,36 +58,42 @@ class RestGateway:
 
     async def _handle(self, request: web.Request, rid: str) -> web.StreamResponse:
         binding, params = self._match(request)
-        method = binding.method
+        peer = self.client_address(request)
         metadata = request_metadata(
             request.headers.items(),
             self.forward_headers,
-            peer=request.remote,
+            peer=peer,
             request_id=rid,
             max_bytes=self.max_metadata,
         )
-        upstream = self.upstreams[method.upstream]
         given = request.headers.get("grpc-timeout")
-        requested = None if given is None else parse_grpc_timeout(given)
-        timeout = calls.deadline(requested, upstream.timeout, method.server_streaming)
-        stub = upstream.stub(method)
-        body = await _read_body(request) if binding.request.body or method.client_streaming else b""
-        pool = binding.request.pool
-        if method.client_streaming:
-            messages = _ndjson_messages(binding, body)
-            if method.server_streaming:
-                stream = calls.Stream(stub(messages, timeout=timeout, metadata=metadata), pool)
-                return await _stream_out(request, binding, stream, rid)
-            reply, headers = await calls.unary(stub, messages, timeout, metadata, pool)
-            return _json_reply(binding, reply, headers, rid)
+        timeout = None if given is None else parse_grpc_timeout(given)
+        requests = await self._request(request, binding, params)
+        call = Call(binding, requests, metadata, timeout, peer, HTTP, rid, request.headers)
+        try:
+            reply = await binding.invoke(call)
+        except BridgeError as error:
+            error.headers.update(call.response_headers)  # RateLimit-* on refusals too
+            raise
+        if binding.method.server_streaming:
+            return await _stream_out(request, call, reply)
+        answer = await reply.next()
+        assert answer is not None  # a unary reply is a stream of exactly one
+        headers = response_headers(reply.initial, await reply.trailers())
+        headers.update(call.response_headers)
+        return _json_reply(binding, answer, headers, rid)
+
+    async def _request(
+        self, request: web.Request, binding: Binding, params: dict[tuple[str, ...], str]
+    ) -> Message | list[Message]:
+        """The request message (or a client stream's messages) from path, query and body."""
         plan = binding.request
+        streaming = binding.method.client_streaming
+        body = await _read_body(request) if plan.body or streaming else b""
+        if streaming:
+            return _ndjson_messages(binding, body)
         content_type = request.headers.get("Content-Type", "") if plan.raw_body is not None else ""
-        message = plan.to_message(params, body, request.query, content_type)
-        if method.server_streaming:
-            stream = calls.Stream(stub(message, timeout=timeout, metadata=metadata), pool)
-            return await _stream_out(request, binding, stream, rid)
-        reply, headers = await calls.unary(stub, message, timeout, metadata, pool)
-        return _json_reply(binding, reply, headers, rid)
+        return plan.to_message(params, body, request.query, content_type)
 
     def _match(self, request: web.Request) -> tuple[Binding, dict[tuple[str, ...], str]]:
         path = request.rel_url.raw_path
@@ -128,16 +143,17 @@ def _ndjson_messages(binding: Binding, body: bytes) -> list[Message]:
     return [plan.from_json(item, f"request message {i}") for i, item in enumerate(items)]
 
 
-async def _stream_out(
-    request: web.Request, binding: Binding, stream: calls.Stream, rid: str
-) -> web.StreamResponse:
+async def _stream_out(request: web.Request, call: Call, stream: Reply) -> web.StreamResponse:
     """Write each response message as it arrives, as NDJSON or Server-Sent Events."""
     try:
-        first, headers = await stream.first()
+        first = await stream.next()
     except BaseException:
         stream.cancel()
         raise
-    headers["X-Request-Id"] = rid
+    binding = call.binding
+    headers = response_headers(stream.initial, None)
+    headers.update(call.response_headers)
+    headers["X-Request-Id"] = call.request_id
     if binding.response.raw:
         return await _raw_stream_out(request, binding, stream, first, headers)
     sse = SSE in request.headers.get("Accept", "")
@@ -166,7 +182,7 @@ async def _stream_out(
 async def _raw_stream_out(
     request: web.Request,
     binding: Binding,
-    stream: calls.Stream,
+    stream: Reply,
     first: Message | None,
     headers: dict[str, str],
 ) -> web.StreamResponse:

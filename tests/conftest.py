@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 import yaml
 
-from bridge.app import json_shape, start
+from bridge.app import start
 from bridge.config import Settings, load_settings
-from bridge.registry import ProtoSet, Registry, build_snapshot, load_includes
+from bridge.registry import ProtoSet, load_includes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
@@ -82,11 +82,8 @@ async def start_bridge(tmp_path: Path, demo_protos: ProtoSet) -> AsyncIterator[S
         path = tmp_path / f"bridge-{len(runners)}.yaml"
         path.write_text(text)
         settings = load_settings(path)
-        registry = None
-        if preload and settings.protos_include == (PROTOS,):
-            snapshot = build_snapshot([demo_protos], settings.upstream_for, json_shape(settings))
-            registry = Registry(snapshot)
-        runner, port = await start(settings, "127.0.0.1", 0, registry)
+        include = demo_protos if preload and settings.protos_include == (PROTOS,) else None
+        runner, port = await start(settings, "127.0.0.1", 0, include)
         runners.append(runner)
         session = aiohttp.ClientSession()
         sessions.append(session)

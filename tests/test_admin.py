@@ -419,3 +419,12 @@ async def test_bad_registrations_are_400(start_bridge: StartBridge, body, says):
     assert says in reply["message"]
     status, reply, _ = await bridge.json("POST", "/admin/protos", headers=AUTH, data=b"{not json")
     assert (status, reply["code"]) == (400, 3), reply
+
+
+async def test_a_name_repeated_in_an_admin_body_is_400(start_bridge: StartBridge):
+    """As for every JSON a client sends: a firewall and the bridge must not read it apart."""
+    bridge = await start_bridge(admin_config())
+    body = b'{"name": "t", "name": "u", "files": {}, "targets": ["127.0.0.1:1"]}'
+    status, reply, _ = await bridge.json("POST", "/admin/protos", headers=AUTH, data=body)
+    assert (status, reply["code"]) == (400, 3), reply
+    assert 'duplicate key "name"' in reply["message"]

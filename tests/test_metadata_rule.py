@@ -33,6 +33,8 @@ def rest(*headers: tuple[str, str]) -> list[tuple[str, str | bytes]]:
         pytest.param([("Grpc-Metadata-x-request-id", "spoof")], [], id="reserved-request-id"),
         pytest.param([("Grpc-Metadata-x-forwarded-for", "1.2.3.4")], [], id="reserved-xff"),
         pytest.param([("Grpc-Metadata-x-bridge-subject", "root")], [], id="reserved-subject"),
+        pytest.param([("X-Bridge-Subject", "root")], [], id="reserved-subject-header"),
+        pytest.param([("Grpc-Metadata-x-bridge-anything", "x")], [], id="reserved-bridge-prefix"),
         pytest.param([("Grpc-Metadata-te", "trailers")], [], id="reserved-hop-by-hop"),
         pytest.param([("Grpc-Metadata-grpc-x", "Zoë")], [], id="reserved-before-value-check"),
         pytest.param(

@@ -134,3 +134,20 @@ def test_the_connect_timeout_is_not_the_reconnect_backoff():
     assert options["grpc.initial_reconnect_backoff_ms"] == 100
     assert options["grpc.max_reconnect_backoff_ms"] == 1000
     assert options["grpc.min_reconnect_backoff_ms"] == CONNECT_TIMEOUT_MS >= 10_000
+
+
+async def test_retired_upstreams_are_closed_at_shutdown_too():
+    """A replaced upstream waits for its calls to end; shutdown must not leave it open."""
+    from grpc import ChannelConnectivity
+
+    from bridge.config import UpstreamSettings
+    from bridge.upstream.pool import Upstreams
+
+    upstreams = Upstreams([UpstreamSettings(name="team", targets=("127.0.0.1:1",))])
+    old = upstreams["team"]
+    upstreams.replace(UpstreamSettings(name="team", targets=("127.0.0.1:2",)))
+    new = upstreams["team"]
+    assert old.channels[0].get_state() is not ChannelConnectivity.SHUTDOWN  # still draining
+    await upstreams.close()
+    for upstream in (old, new):
+        assert upstream.channels[0].get_state() is ChannelConnectivity.SHUTDOWN

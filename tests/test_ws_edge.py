@@ -327,7 +327,7 @@ class GoneSocket:
 )
 async def test_send_on_a_lost_socket_is_quiet(error):
     ws = GoneSocket(error)
-    session = Session(ws, None, None, [], max_calls=1, max_metadata=1)  # type: ignore[arg-type]
+    session = Session(ws, None, None, max_calls=1, max_metadata=1)  # type: ignore[arg-type]
     await session.send(b'{"id": 1, "message": {}}')
     assert ws.sent == 1
 
@@ -336,6 +336,7 @@ class BrokenCall:
     """Stands for a WsCall whose run() has a bug."""
 
     id = "broken"
+    rid = "r-broken"
     method = SimpleNamespace(full_name="demo.echo.v1.EchoService/Echo")
 
     async def run(self, first: Any) -> None:
@@ -344,7 +345,7 @@ class BrokenCall:
 
 async def test_a_call_task_that_fails_is_logged_and_still_ends_with_a_status(caplog):
     sent: list[bytes] = []
-    session = Session(None, None, None, [], max_calls=1, max_metadata=1)  # type: ignore[arg-type]
+    session = Session(None, None, None, max_calls=1, max_metadata=1)  # type: ignore[arg-type]
 
     async def record(frame: bytes) -> None:
         sent.append(frame)
@@ -358,6 +359,7 @@ async def test_a_call_task_that_fails_is_logged_and_still_ends_with_a_status(cap
     assert "broken" not in session.calls
     [record_] = [r for r in caplog.records if r.name == "bridge.ws"]
     assert record_.levelname == "ERROR" and "KeyError" in (record_.exc_text or "")
+    assert "r-broken" in record_.getMessage()  # logged with its request id
 
 
 # --- a socket lost in the middle of a fast stream ------------------------------------------------

@@ -17,9 +17,8 @@ import aiohttp
 import pytest
 import yaml
 
-from bridge.app import json_shape, start
+from bridge.app import start
 from bridge.config import load_settings
-from bridge.registry import Registry, build_snapshot
 from tests.conftest import ROOT, demo_config
 from tests.ws_client import Backend, connect, messages, seqs, status, wait_for
 
@@ -141,8 +140,7 @@ async def test_shutdown_ends_calls_with_unavailable_then_closes_1001(
     path = tmp_path / "bridge.yaml"
     path.write_text(yaml.safe_dump(demo_config(users_server, echo_server)))
     settings = load_settings(path)
-    snapshot = build_snapshot([demo_protos], settings.upstream_for, json_shape(settings))
-    runner, port = await start(settings, "127.0.0.1", 0, Registry(snapshot))
+    runner, port = await start(settings, "127.0.0.1", 0, demo_protos)
     cleanup: asyncio.Task[None] | None = None
     try:
         async with connect(f"http://127.0.0.1:{port}") as ws:

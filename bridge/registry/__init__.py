@@ -6,6 +6,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from bridge.policy import Chains
 from bridge.registry.compiler import CompileError, Diagnostic, compile_protos, find_proto_files
 from bridge.registry.snapshot import (
     INCLUDE,
@@ -29,10 +30,14 @@ __all__ = [
 
 
 class Registry:
-    """Holds the live snapshot; readers take ``registry.snapshot`` once per request."""
+    """Holds the live snapshot; readers take ``registry.snapshot`` once per request.
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    ``chains`` gives every method of every snapshot built for it its call path.
+    """
+
+    def __init__(self, snapshot: Snapshot, chains: Chains | None = None) -> None:
         self.snapshot = snapshot
+        self.chains = chains
 
 
 async def load_includes(entries: tuple[Path, ...]) -> ProtoSet:

@@ -130,7 +130,9 @@ async def compile_protos(
 
     The result lists every file, dependencies first, as protoc's ``--include_imports`` does.
     """
-    with tempfile.TemporaryDirectory(prefix="bridge-protoc-") as tmp:
+    # Made and removed in a thread: no disk I/O on the event loop, which serves calls meanwhile.
+    tmp = await asyncio.to_thread(tempfile.mkdtemp, prefix="bridge-protoc-")
+    try:
         out = os.path.join(tmp, "set.pb")
         proc = await asyncio.create_subprocess_exec(
             *_protoc_args(files, roots, out),
@@ -145,6 +147,8 @@ async def compile_protos(
             # A protoc that died (killed, out of memory) says nothing: name the exit at least.
             raise CompileError(found or [Diagnostic("", 0, 0, f"protoc exited {proc.returncode}")])
         data = await asyncio.to_thread(Path(out).read_bytes)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
     return descriptor_pb2.FileDescriptorSet.FromString(data)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -271,7 +272,7 @@ class Registrar:
         try:
             # In a thread: building a large snapshot is CPU work the event loop should not wait on.
             return await asyncio.to_thread(
-                build_snapshot, sets, self.settings.upstream_for, self._json
+                build_snapshot, sets, self.settings.upstream_for, self._json, self.registry.chains
             )
         except SnapshotError as exc:
             code = errors.ALREADY_EXISTS if exc.conflict else errors.INVALID_ARGUMENT
@@ -290,7 +291,9 @@ class Registrar:
 
     async def _compile(self, registration: Registration, upstream: str) -> ProtoSet:
         """Compile the uploaded files against includes and the other registrations' sources."""
-        with tempfile.TemporaryDirectory(prefix="bridge-upload-") as tmp:
+        # Made and removed in a thread, like the files in it: no disk I/O on the event loop.
+        tmp = await asyncio.to_thread(tempfile.mkdtemp, prefix="bridge-upload-")
+        try:
             upload, others = Path(tmp) / "upload", Path(tmp) / "others"
             others_files = {
                 name: text
@@ -308,6 +311,8 @@ class Registrar:
                     f"{len(exc.diagnostics)} compile error(s), first: {exc.diagnostics[0]}",
                     extra={"errors": [d.to_json() for d in exc.diagnostics]},
                 ) from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
         return ProtoSet(registration.name, files, frozenset(registration.files), upstream)
 
     def summary(self, name: str, snapshot: Snapshot) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+from bridge.call import Call, Invoke, Reply
+from bridge.policy import Chains
 from bridge.routing import Route, RouteConflict, RouteTable, TemplateError, parse_template
 from bridge.transcode.fields import FieldError
 from bridge.transcode.request import RequestPlan
@@ -67,11 +69,12 @@ class Method:
 
 @dataclass(frozen=True, eq=False)
 class Binding:
-    """What a route resolves to: the method and its prepared request and response plans."""
+    """What a route resolves to: the method, its prepared plans, and the method's chain."""
 
     method: Method
     request: RequestPlan
     response: ResponsePlan
+    invoke: Invoke  # the method's policy steps and the upstream call, shared by its routes
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,21 @@ class JsonShape:
 UpstreamResolver = Callable[[str], "str | None"]
 
 
+async def _not_served(call: Call) -> Reply:
+    raise RuntimeError(f"{call.binding.method.full_name}: snapshot built without a call path")
+
+
 def build_snapshot(
-    sets: Sequence[ProtoSet], resolve_upstream: UpstreamResolver, json: JsonShape
+    sets: Sequence[ProtoSet],
+    resolve_upstream: UpstreamResolver,
+    json: JsonShape,
+    chains: Chains | None = None,
 ) -> Snapshot:
-    """Load every set into a new pool and compile its methods and routes; SnapshotError if wrong."""
+    """Load every set into a new pool and compile its methods and routes; SnapshotError if wrong.
+
+    ``chains`` gives each method its call path (policies and upstream); without it (``bridge
+    check``, ``bridge openapi``) the snapshot describes the routes but cannot serve them.
+    """
     pool = _load_pool(sets)
     methods: dict[str, Method] = {}
     routes: list[Route] = []
@@ -135,7 +149,8 @@ def build_snapshot(
                     with _depth_guard(f"{service}/{method_proto.name}", method_proto):
                         method = _method(pool, service, method_proto, upstream, proto_set.name)
                         _add_method(methods, method)
-                        routes.extend(_routes(method, method_proto, pool, json))
+                        invoke = _not_served if chains is None else chains(method)
+                        routes.extend(_routes(method, method_proto, pool, json, invoke))
     try:
         table = RouteTable(routes)
     except RouteConflict as exc:
@@ -277,14 +292,17 @@ def _routes(
     proto: descriptor_pb2.MethodDescriptorProto,
     pool: descriptor_pool.DescriptorPool,
     json: JsonShape,
+    invoke: Invoke,
 ) -> list[Route]:
-    routes = [_route(method, "POST", _default_path(method), "*", "", pool, json)]
+    routes = [_route(method, "POST", _default_path(method), "*", "", pool, json, invoke)]
     for rule in http_rules(proto):
         try:
             verb, path = rule_verb_path(rule)
         except ValueError as exc:
             raise SnapshotError(f"{method.full_name}: {exc}") from None
-        routes.append(_route(method, verb, path, rule.body, rule.response_body, pool, json))
+        routes.append(
+            _route(method, verb, path, rule.body, rule.response_body, pool, json, invoke)
+        )
     return routes
 
 
@@ -296,6 +314,7 @@ def _route(
     response_body: str,
     pool: descriptor_pool.DescriptorPool,
     json: JsonShape,
+    invoke: Invoke,
 ) -> Route:
     try:
         template = parse_template(path)
@@ -310,7 +329,7 @@ def _route(
         )
     except (TemplateError, FieldError) as exc:
         raise SnapshotError(f"{method.full_name}: {verb} {path}: {exc}") from None
-    return Route(verb, template, Binding(method, request, response), method.full_name)
+    return Route(verb, template, Binding(method, request, response, invoke), method.full_name)
 
 
 def _response_field(method: Method, name: str):  # type: ignore[no-untyped-def]

@@ -1,18 +1,25 @@
-"""Generic gRPC calls by method: deadlines, cancellation and backend errors as BridgeError."""
+"""The terminal step of every chain: pick a target, set the deadline, make the gRPC call.
+
+Whatever the call kind, the answer is a `Reply`: a unary call (and a client stream) is awaited
+whole, so its failure is raised here where a policy step can see it; a server stream is handed
+back once the backend sent its initial metadata, and its failures surface from ``next()``.
+Backend failures become `BridgeError`s in this module only.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 
+from bridge.call import Call, Reply
 from bridge.errors import BridgeError
 from bridge.transcode.response import error_from_status
-from bridge.upstream.metadata import Metadata, response_headers
+from bridge.upstream.metadata import SUBJECT, Metadata, response_headers
+from bridge.upstream.pool import Upstreams
 
 
 def deadline(requested: float | None, cap: float, streaming: bool) -> float | None:
@@ -23,51 +30,74 @@ def deadline(requested: float | None, cap: float, streaming: bool) -> float | No
 
 
 def rpc_error(exc: grpc.aio.AioRpcError, pool: DescriptorPool | None) -> BridgeError:
-    """A backend failure as a BridgeError carrying its details and metadata headers."""
+    """A backend failure as a BridgeError carrying its details, headers and trailers."""
     trailing = exc.trailing_metadata()
     error = error_from_status(exc.code().value[0], exc.details() or "", trailing, pool)
     error.headers.update(response_headers(exc.initial_metadata(), trailing))
+    error.trailers = list(trailing or ())
     return error
 
 
-async def unary(
-    stub: Any,
-    request: Message | Iterable[Message],
-    timeout: float | None,
-    metadata: Metadata,
-    pool: DescriptorPool,
-) -> tuple[Message, dict[str, str]]:
-    """Make a call with one response; returns it with its metadata as response headers."""
-    call = stub(request, timeout=timeout, metadata=metadata)
-    try:
-        reply = await call
-        headers = response_headers(await call.initial_metadata(), await call.trailing_metadata())
-    except grpc.aio.AioRpcError as exc:
-        raise rpc_error(exc, pool) from None
-    except asyncio.CancelledError:
-        call.cancel()  # the client went away: the backend must see it too
-        raise
-    return reply, headers
+class Upstream:
+    """``invoke`` at the end of every chain: the call made on one of its upstream's targets."""
 
+    def __init__(self, upstreams: Upstreams) -> None:
+        self.upstreams = upstreams
 
-class Stream:
-    """A call with a stream of responses, read one message at a time; always cancel or finish."""
-
-    def __init__(self, call: Any, pool: DescriptorPool) -> None:
-        self._call = call
-        self._pool = pool
-
-    async def first(self) -> tuple[Message | None, dict[str, str]]:
-        """The first message (None when the stream is empty) and the initial metadata."""
-        message = await self.next()
+    async def __call__(self, call: Call) -> Reply:
+        method = call.binding.method
+        upstream = self.upstreams[method.upstream]
+        timeout = deadline(call.timeout, upstream.timeout, method.server_streaming)
+        metadata = call.metadata
+        if call.principal is not None:  # never from the client: the metadata rule drops it
+            metadata = [*metadata, (SUBJECT, call.principal.subject)]
+        pool = call.binding.request.pool
+        grpc_call = upstream.stub(method)(call.request, timeout=timeout, metadata=metadata)
         try:
-            initial = await self._call.initial_metadata()
+            if method.server_streaming:
+                return StreamReply(grpc_call, pool, list(await grpc_call.initial_metadata()))
+            message = await grpc_call
+            initial = await grpc_call.initial_metadata()
+            return UnaryReply(message, list(initial), list(await grpc_call.trailing_metadata()))
         except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc, self._pool) from None
-        return message, response_headers(initial, None)
+            raise rpc_error(exc, pool) from None
+        except asyncio.CancelledError:
+            grpc_call.cancel()  # the client went away: the backend must see it too
+            raise
+
+
+class UnaryReply:
+    """A reply of exactly one message, already received."""
+
+    __slots__ = ("_message", "_trailers", "initial")
+
+    def __init__(self, message: Message, initial: Metadata, trailers: Metadata) -> None:
+        self._message: Message | None = message
+        self.initial = initial
+        self._trailers = trailers
 
     async def next(self) -> Message | None:
-        """The next message, None at a clean end; a BridgeError when the call fails."""
+        message, self._message = self._message, None
+        return message
+
+    async def trailers(self) -> Metadata:
+        return self._trailers
+
+    def cancel(self) -> None:
+        pass
+
+
+class StreamReply:
+    """A server stream, read one message at a time."""
+
+    __slots__ = ("_call", "_pool", "initial")
+
+    def __init__(self, call: Any, pool: DescriptorPool, initial: Metadata) -> None:
+        self._call = call
+        self._pool = pool
+        self.initial = initial
+
+    async def next(self) -> Message | None:
         try:
             message = await self._call.read()
         except grpc.aio.AioRpcError as exc:
@@ -75,12 +105,17 @@ class Stream:
         if message is grpc.aio.EOF:
             code = await self._call.code()
             if code != grpc.StatusCode.OK:
-                raise error_from_status(code.value[0], await self._call.details(), None, self._pool)
+                trailing = await self._call.trailing_metadata()
+                error = error_from_status(
+                    code.value[0], await self._call.details(), trailing, self._pool
+                )
+                error.trailers = list(trailing or ())
+                raise error
             return None
         return message
 
-    async def trailers(self) -> Iterable[tuple[str, str | bytes]]:
-        return await self._call.trailing_metadata() or ()
+    async def trailers(self) -> Metadata:
+        return list(await self._call.trailing_metadata() or ())
 
     def cancel(self) -> None:
         if not self._call.done():

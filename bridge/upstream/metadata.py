@@ -17,7 +17,8 @@ Metadata = list[tuple[str, "str | bytes"]]
 METADATA_PREFIX: Final = "grpc-metadata-"
 REQUEST_ID: Final = "x-request-id"
 FORWARDED_FOR: Final = "x-forwarded-for"
-SUBJECT: Final = "x-bridge-subject"
+BRIDGE_PREFIX: Final = "x-bridge-"
+SUBJECT: Final = BRIDGE_PREFIX + "subject"
 
 # Never forwarded: hop-by-hop headers (RFC 9110 7.6.1), framing, and what gRPC or the bridge owns.
 _STRIPPED: Final = frozenset(
@@ -120,8 +121,12 @@ def _metadata_key(name: str, forward: frozenset[str]) -> str | None:
 
 
 def _reserved(key: str) -> bool:
-    """Whether a key is one clients never set: hop-by-hop, gRPC's own, or the bridge's."""
-    return key in _STRIPPED or key.startswith("grpc-")
+    """Whether a key is one clients never set: hop-by-hop, gRPC's own, or the bridge's.
+
+    Every ``x-bridge-*`` key is the bridge's, those it sends today (``x-bridge-subject``) and
+    those later versions add, so a backend can trust any of them.
+    """
+    return key in _STRIPPED or key.startswith(("grpc-", BRIDGE_PREFIX))
 
 
 def _metadata_value(key: str, value: str, what: str) -> str | bytes:

@@ -109,7 +109,8 @@ class Upstreams(Mapping[str, Upstream]):
 
     def __init__(self, settings: Iterable[UpstreamSettings]) -> None:
         self._by_name = {s.name: Upstream(s) for s in settings}
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Replaced or removed upstreams, still open for the calls they have in flight.
+        self._retiring: dict[Upstream, asyncio.Task[None]] = {}
 
     def replace(self, settings: UpstreamSettings) -> Upstream:
         """Add or replace an upstream; a replaced one closes once its calls had time to end."""
@@ -129,11 +130,10 @@ class Upstreams(Mapping[str, Upstream]):
     def _retire(self, upstream: Upstream) -> None:
         async def close_later() -> None:
             await asyncio.sleep(upstream.timeout + 1)
+            self._retiring.pop(upstream, None)
             await upstream.close()
 
-        task = asyncio.create_task(close_later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[upstream] = asyncio.create_task(close_later())
 
     def __getitem__(self, name: str) -> Upstream:
         return self._by_name[name]
@@ -151,6 +151,9 @@ class Upstreams(Mapping[str, Upstream]):
         return dict(zip(names, checks, strict=True))
 
     async def close(self) -> None:
-        for task in self._retiring:
+        """Close every channel, the retired upstreams' too (their grace ends at shutdown)."""
+        retired = list(self._retiring)
+        for task in self._retiring.values():
             task.cancel()
-        await asyncio.gather(*(u.close() for u in self._by_name.values()))
+        self._retiring.clear()
+        await asyncio.gather(*(u.close() for u in [*self._by_name.values(), *retired]))

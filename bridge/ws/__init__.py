@@ -2,30 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from bridge import errors
+from bridge.call import Principal
 from bridge.config import Settings
 from bridge.errors import BridgeError, error_response
 from bridge.registry import Registry
 from bridge.upstream.metadata import REQUEST_ID, request_metadata
-from bridge.upstream.pool import Upstreams
-from bridge.ws.session import Session
+from bridge.ws.session import Peer, Session
 from bridge.ws.wire import ClientSocket
 
 SUBPROTOCOL: Final = "bridge.v1"
+ACCESS_TOKEN: Final = "access_token"  # the upgrade's query parameter for a bearer token
+AUTHORIZATION: Final = "Authorization"
 _GOING_AWAY: Final = 1001
+
+# The client's address as the bridge believes it, and who its credentials prove it is
+# (None: no credentials; a BridgeError 401 for bad ones).
+ClientAddress = Callable[[web.Request], "str | None"]
+Identify = Callable[[Mapping[str, str]], "Principal | None"]
 
 
 class WebSocketGateway:
     """Accepts WebSocket upgrades and keeps the live sessions for a draining shutdown."""
 
-    def __init__(self, settings: Settings, registry: Registry, upstreams: Upstreams) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        client_address: ClientAddress,
+        identify: Identify | None = None,
+    ) -> None:
         self.registry = registry
-        self.upstreams = upstreams
+        self.client_address = client_address
+        self.identify = identify
         self.limits = settings.limits
         self.forward = frozenset(settings.forward_headers)
         self.origins = frozenset(o.lower() for o in settings.cors.allow_origins)
@@ -42,15 +58,12 @@ class WebSocketGateway:
         if refusal is not None:
             return error_response(refusal)
         try:
-            base = request_metadata(
-                request.headers.items(), self.forward, peer=request.remote,
-                request_id="", max_bytes=self.limits.max_metadata,
-            )  # fmt: skip
+            peer = self._peer(request)
         except BridgeError as exc:
             return error_response(exc)
         await ws.prepare(request)
         session = Session(
-            ws, self.registry, self.upstreams, [kv for kv in base if kv[0] != REQUEST_ID],
+            ws, self.registry, peer,
             max_calls=self.limits.ws_max_calls, max_metadata=self.limits.max_metadata,
         )  # fmt: skip
         self.sessions.add(session)
@@ -60,6 +73,23 @@ class WebSocketGateway:
             self.sessions.discard(session)
         await ws.drained()  # returning closes the transport, draining or not
         return ws
+
+    def _peer(self, request: web.Request) -> Peer:
+        """The client, its credentials and its forwarded headers; a 400 or 401 if bad."""
+        address = self.client_address(request)
+        headers: Mapping[str, str] = request.headers
+        token = request.query.get(ACCESS_TOKEN)
+        if token is not None and AUTHORIZATION not in headers:
+            # Browsers cannot set headers on a WebSocket: the token may come in the URL.
+            headers = CIMultiDict(headers)
+            headers[AUTHORIZATION] = f"Bearer {token}"
+        base = request_metadata(
+            headers.items(), self.forward, peer=address,
+            request_id="", max_bytes=self.limits.max_metadata,
+        )  # fmt: skip
+        metadata = [kv for kv in base if kv[0] != REQUEST_ID]
+        principal = None if self.identify is None else self.identify(headers)
+        return Peer(address, headers, metadata, principal)
 
     def _refusal(self, request: web.Request, ws: ClientSocket) -> BridgeError | None:
         if not ws.can_prepare(request).ok:

@@ -1,19 +1,21 @@
-"""One gRPC call made for a WebSocket client, run in its own task."""
+"""One gRPC call made for a WebSocket client, run in its own task.
+
+The socket state lives here (the queue of request messages, whether a status is owed); the
+call itself is the method's ``invoke``, as for every transport.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
-import grpc
 from google.protobuf.message import Message
 
 from bridge import errors
+from bridge.call import Call
 from bridge.errors import BridgeError
-from bridge.registry.snapshot import Binding
-from bridge.transcode.response import error_from_status
-from bridge.upstream.metadata import Metadata, metadata_dict
+from bridge.upstream.metadata import metadata_dict
 from bridge.ws import frames
 from bridge.ws.frames import CallId
 
@@ -25,23 +27,14 @@ Send = Callable[[bytes], Awaitable[None]]
 
 
 class WsCall:
-    """A call's lifetime: start the gRPC call, relay messages both ways, send one status."""
+    """A call's lifetime on a socket: relay messages both ways, send exactly one status."""
 
-    def __init__(
-        self,
-        call_id: CallId,
-        binding: Binding,
-        stub: Callable[..., Any],
-        metadata: Metadata,
-        timeout: float | None,
-        send: Send,
-    ) -> None:
+    def __init__(self, call_id: CallId, call: Call, send: Send) -> None:
         self.id = call_id
-        self.binding = binding
-        self.method = binding.method
-        self._stub = stub
-        self._metadata = metadata
-        self._timeout = timeout
+        self.call = call
+        self.binding = call.binding
+        self.method = call.binding.method
+        self.rid = call.request_id
         self._send = send
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue(INBOX_SIZE)
         self._end: BridgeError | None = None  # why the call was stopped from outside
@@ -93,12 +86,7 @@ class WsCall:
                 trailers = await self._relay(first)
             except BridgeError as exc:
                 error = exc
-            except grpc.aio.AioRpcError as exc:
-                error = error_from_status(
-                    exc.code().value[0], exc.details() or "", exc.trailing_metadata(),
-                    self.binding.request.pool,
-                )  # fmt: skip
-                trailers = metadata_dict(exc.trailing_metadata())
+                trailers = metadata_dict(exc.trailers)
             except asyncio.CancelledError:
                 if self._end is None:
                     if not self._silent:
@@ -109,40 +97,24 @@ class WsCall:
             await self._send(frames.status(self.id, error, trailers))
 
     async def _relay(self, first: Message | None) -> dict[str, str]:
-        options = {"timeout": self._timeout, "metadata": self._metadata}
-        writer = None
+        call = self.call
         if self.method.client_streaming:
-            call = self._stub(**options)
-            writer = asyncio.create_task(self._write(call, first))
-        else:
-            call = self._stub(first, **options)
+            call.request = self._requests(first)
+        reply = await call.binding.invoke(call)
         try:
-            headers = await call.initial_metadata()
-            if headers:
-                await self._send(frames.dumps({"id": self.id, "headers": metadata_dict(headers)}))
-            if self.method.server_streaming:
-                while (message := await call.read()) is not grpc.aio.EOF:
-                    await self._message(message)
-            else:
-                await self._message(await call)
-            return metadata_dict(await call.trailing_metadata())
+            if reply.initial:
+                headers = metadata_dict(reply.initial)
+                await self._send(frames.dumps({"id": self.id, "headers": headers}))
+            while (message := await reply.next()) is not None:
+                value = self.binding.response.to_dict(message)
+                await self._send(frames.dumps({"id": self.id, "message": value}))
+            return metadata_dict(await reply.trailers())
         finally:
-            if writer is not None:
-                writer.cancel()
-            if not call.done():
-                call.cancel()  # the backend must see a cancelled call, not a dangling one
+            reply.cancel()  # the backend must see a cancelled call, not a dangling one
 
-    async def _message(self, message: Message) -> None:
-        value = self.binding.response.to_dict(message)
-        await self._send(frames.dumps({"id": self.id, "message": value}))
-
-    async def _write(self, call: Any, first: Message | None) -> None:
-        """Pass queued request messages to the backend, respecting its flow control."""
-        try:
-            if first is not None:
-                await call.write(first)
-            while (request := await self._inbox.get()) is not None:
-                await call.write(request)
-            await call.done_writing()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-            return  # the call already ended; its reader reports the status
+    async def _requests(self, first: Message | None) -> AsyncIterator[Message]:
+        """The queued request messages, as gRPC reads them (its flow control paces it)."""
+        if first is not None:
+            yield first
+        while (request := await self._inbox.get()) is not None:
+            yield request

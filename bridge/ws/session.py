@@ -5,25 +5,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 
 from bridge import errors
+from bridge.call import WEBSOCKET, Call, Principal
 from bridge.errors import BridgeError
 from bridge.registry import Registry
-from bridge.upstream.call import deadline
 from bridge.upstream.metadata import REQUEST_ID, Metadata, extend_metadata, new_request_id
-from bridge.upstream.pool import Upstreams
 from bridge.ws import frames
 from bridge.ws.call import WsCall
 from bridge.ws.frames import CallId, Frame, FrameError
 
 # How long a closing socket waits for its calls to cancel their backend calls.
 _DRAIN_SECONDS: Final = 2.0
-_INTERNAL: Final = BridgeError(errors.INTERNAL, "internal error")
 
 log = logging.getLogger("bridge.ws")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a socket, as established at its upgrade."""
+
+    address: str | None  # the client's address (X-Forwarded-For only from trusted proxies)
+    headers: Mapping[str, str]  # the upgrade's headers, where its calls' credentials come from
+    metadata: Metadata  # the upgrade headers forwarded to the backend on every call
+    principal: Principal | None = None  # authenticated at the upgrade
 
 
 class Session:
@@ -33,16 +43,14 @@ class Session:
         self,
         ws: web.WebSocketResponse,
         registry: Registry,
-        upstreams: Upstreams,
-        base_metadata: Metadata,
+        peer: Peer,
         *,
         max_calls: int,
         max_metadata: int,
     ) -> None:
         self.ws = ws
         self.registry = registry
-        self.upstreams = upstreams
-        self.base_metadata = base_metadata
+        self.peer = peer
         self.max_calls = max_calls
         self.max_metadata = max_metadata
         self.calls: dict[CallId, WsCall] = {}
@@ -52,7 +60,11 @@ class Session:
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
-                    await self._on_text(msg.data)
+                    try:
+                        await self._on_text(msg.data)
+                    except Exception:  # a bug: this frame fails, the socket and its calls go on
+                        bug = errors.internal(log, "a WebSocket frame", "none")
+                        await self.send(frames.error(bug.code, bug.message))
                 elif msg.type == WSMsgType.BINARY:
                     await self.send(
                         frames.error(errors.INVALID_ARGUMENT, "frames must be JSON text")
@@ -134,6 +146,10 @@ class Session:
         except BridgeError as exc:
             await self.send(frames.status(frame.id, exc, None))
             return
+        except Exception:
+            bug = errors.internal(log, f"starting WebSocket call {frame.id!r}", "none yet")
+            await self.send(frames.status(frame.id, bug, None))
+            return
         self.calls[frame.id] = call
         call.task = asyncio.create_task(self._run(call, first))
         if frame.end and call.takes_messages:
@@ -145,8 +161,8 @@ class Session:
             await call.run(first)
         except Exception:
             # A bug, not something a client did: logged, and the call still gets its status.
-            log.exception("WebSocket call %r (%s) failed", call.id, call.method.full_name)
-            await self.send(frames.status(call.id, _INTERNAL, None))
+            what = f"WebSocket call {call.id!r} ({call.method.full_name})"
+            await self.send(frames.status(call.id, errors.internal(log, what, call.rid), None))
         finally:
             self.calls.pop(call.id, None)
 
@@ -164,28 +180,27 @@ class Session:
                 errors.RESOURCE_EXHAUSTED, f"more than {self.max_calls} open calls on this socket"
             )
         method = binding.method
-        upstream = self.upstreams[method.upstream]
-        call = WsCall(
-            frame.id,
-            binding,
-            upstream.stub(method),
-            self._metadata(frame.metadata),
-            deadline(_seconds(frame.timeout), upstream.timeout, method.server_streaming),
-            self.send,
-        )
         first = None
         if frame.has_message and frame.message is not None:
-            first = call.parse(frame.message)
+            first = binding.request.from_json(frame.message, "message")
         elif not method.client_streaming:
             raise errors.invalid_argument(
                 f"{name} is {method.kind}: the start frame needs a message"
             )
-        return call, first
+        peer = self.peer
+        rid = new_request_id()
+        metadata = self._metadata(rid, frame.metadata)
+        timeout = _seconds(frame.timeout)
+        call = Call(
+            binding, first, metadata, timeout, peer.address, WEBSOCKET, rid, peer.headers,
+            peer.principal,
+        )  # fmt: skip
+        return WsCall(frame.id, call, self.send), first
 
-    def _metadata(self, given: Any) -> Metadata:
+    def _metadata(self, rid: str, given: Any) -> Metadata:
         if given is not None and not isinstance(given, dict):
             raise errors.invalid_argument("metadata must be a JSON object of strings")
-        base = [(REQUEST_ID, new_request_id()), *self.base_metadata]
+        base = [(REQUEST_ID, rid), *self.peer.metadata]
         pairs = ((str(k).lower(), v) for k, v in (given or {}).items())
         return extend_metadata(base, pairs, self.max_metadata)
 

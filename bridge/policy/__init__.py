@@ -1,0 +1,44 @@
+"""Policies: the steps in front of the upstream, composed once per method per snapshot.
+
+A method's chain is decided when a snapshot is built, from the config rules that match its
+name, and stored on its bindings as ``invoke``. A method that no rule touches gets the
+terminal step alone, so it pays nothing for the policy machinery.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from bridge.call import Invoke, Principal, Step
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
+    from bridge.registry.snapshot import Method
+
+# Builds one method's chain; given to the snapshot builder.
+Chains = Callable[["Method"], Invoke]
+# Who a request's credentials prove it is: None without any, a BridgeError 401 for bad ones.
+Identify = Callable[[Mapping[str, str]], "Principal | None"]
+
+
+def compose(steps: Sequence[Step], terminal: Invoke) -> Invoke:
+    """``steps[0]`` first, then each next one, then ``terminal``; nothing added when empty."""
+    invoke = terminal
+    for step in reversed(steps):
+        invoke = functools.partial(step, next=invoke)
+    return invoke
+
+
+class Policies:
+    """The config's policy rules, and each method's chain built from the ones that match it."""
+
+    def __init__(self, settings: Settings, terminal: Invoke) -> None:
+        self.terminal = terminal
+        self.identify: Identify | None = None  # set when the config has `auth`
+
+    def chain(self, method: Method) -> Invoke:
+        """The steps whose rules match ``method``, in front of the terminal; decided once."""
+        steps: list[Step] = []
+        return compose(steps, self.terminal)
