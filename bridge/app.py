@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Final, cast
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from bridge import edge, errors
 from bridge.admin import AdminApi
 from bridge.config import Settings
+from bridge.edge.cors import Cors, route_methods
+from bridge.edge.proxies import TrustedProxies
 from bridge.errors import error_response
 from bridge.http import RID, RestGateway
 from bridge.openapi import openapi_document
-from bridge.policy import Chains, Policies
+from bridge.policy import Chains
+from bridge.policy.chains import Policies
 from bridge.registry import (
     JsonShape,
     ProtoSet,
@@ -75,12 +79,19 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     upstreams = Upstreams(settings.upstreams.values())
     policies = Policies(settings, Upstream(upstreams))
     registry = await load_registry(settings, policies.chain, include)
-    app = web.Application(client_max_size=settings.limits.max_body, middlewares=[_guard])
+    middlewares: list[Middleware] = [_guard]
+    cors = None
+    if settings.cors.allow_origins:  # without it, no CORS code runs at all
+        cors = Cors(settings.cors, route_methods(lambda: registry.snapshot.routes))
+        middlewares.append(cors.middleware)
+    app = web.Application(client_max_size=settings.limits.max_body, middlewares=middlewares)
+    if cors is not None:
+        app.on_response_prepare.append(cors.on_response_prepare)
     app[SETTINGS] = settings
     app[edge.LIMITS] = settings.limits
     app[REGISTRY] = registry
     app[UPSTREAMS] = upstreams
-    client_address = _peer_address
+    client_address = _client_address(TrustedProxies(settings.trusted_proxies))
     gateway = RestGateway(
         registry,
         forward_headers=frozenset(settings.forward_headers),
@@ -90,6 +101,7 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     sockets = WebSocketGateway(settings, registry, client_address, policies.identify)
     registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0])
     app[REGISTRAR] = registrar
+    app.cleanup_ctx.append(lambda _: policies.running())
     app.cleanup_ctx.append(lambda _: _registrations(registrar))
     if settings.admin_token:
         AdminApi(settings.admin_token, registrar, settings.limits.admin_max_body).add_routes(
@@ -131,8 +143,16 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(error, {"X-Request-Id": rid})
 
 
-def _peer_address(request: web.Request) -> str | None:
-    return request.remote
+def _client_address(proxies: TrustedProxies) -> Callable[[web.Request], str | None]:
+    """The client's address: the peer, or X-Forwarded-For when the peer is a trusted proxy."""
+    if not proxies.networks:
+        return lambda request: request.remote
+
+    def client_address(request: web.Request) -> str | None:
+        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+        return proxies.client_address(request.remote, forwarded)
+
+    return client_address
 
 
 _DOCUMENTS: weakref.WeakKeyDictionary[Snapshot, bytes] = weakref.WeakKeyDictionary()

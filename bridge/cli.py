@@ -11,6 +11,7 @@ import resource
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from bridge.admin_client import ClientError, add_commands
 from bridge.config import ConfigError, Settings, load_settings
@@ -82,10 +83,20 @@ def _proto_errors(settings: Settings) -> Iterator[None]:
         ) from None
     except SnapshotError as exc:
         raise Fatal(f"{settings.source}: {exc}") from None
+    except ConfigError as exc:  # what the policies find when they start (a bad JWKS file)
+        raise Fatal(str(exc)) from None
+
+
+async def _no_calls(call: Any) -> Any:
+    raise RuntimeError("bridge check makes no calls")
 
 
 def _check(args: argparse.Namespace) -> int:
+    from bridge.policy.chains import Policies
+
     settings = _settings(args.config)
+    with _proto_errors(settings):
+        Policies(settings, _no_calls)  # reads what the policies need (the JWKS file)
     registry = asyncio.run(_load(settings))
     for route in registry.snapshot.routes.routes:
         method = route.target.method

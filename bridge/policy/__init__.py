@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from bridge.call import Invoke, Principal, Step
 
 if TYPE_CHECKING:
-    from bridge.config import Settings
     from bridge.registry.snapshot import Method
 
 # Builds one method's chain; given to the snapshot builder.
@@ -30,15 +29,3 @@ def compose(steps: Sequence[Step], terminal: Invoke) -> Invoke:
         invoke = functools.partial(step, next=invoke)
     return invoke
 
-
-class Policies:
-    """The config's policy rules, and each method's chain built from the ones that match it."""
-
-    def __init__(self, settings: Settings, terminal: Invoke) -> None:
-        self.terminal = terminal
-        self.identify: Identify | None = None  # set when the config has `auth`
-
-    def chain(self, method: Method) -> Invoke:
-        """The steps whose rules match ``method``, in front of the terminal; decided once."""
-        steps: list[Step] = []
-        return compose(steps, self.terminal)
