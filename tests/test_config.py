@@ -300,14 +300,27 @@ def test_settings_from_dict_resolves_against_source_folder(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("store", "expected"),
     [
-        pytest.param("redis://cache:6379/0", "redis://cache:6379/0", id="redis-url"),
-        pytest.param("rediss://cache:6380", "rediss://cache:6380", id="redis-tls-url"),
         pytest.param("/var/lib/bridge", "/var/lib/bridge", id="absolute-path"),
+        pytest.param("state/../registry", "{folder}/registry", id="relative-to-the-file"),
     ],
 )
 def test_protos_store(tmp_path: Path, store: str, expected: str) -> None:
     s = settings_from_dict({"protos": {"store": store}}, tmp_path / "b.yaml", env={})
-    assert s.protos_store == expected
+    assert s.protos_store == expected.format(folder=tmp_path)
+
+
+@pytest.mark.parametrize("store", ["redis://cache:6379/0", "rediss://cache:6380", "${STORE}"])
+def test_a_redis_protos_store_is_refused_not_used_as_a_folder(tmp_path: Path, store: str) -> None:
+    """Until SPEC section 10 is built, a Redis URL would have become a folder named `redis:`."""
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(
+            {"protos": {"store": store}}, tmp_path / "b.yaml", env={"STORE": "redis://r:6379"}
+        )
+    assert str(info.value) == (
+        f"{tmp_path / 'b.yaml'}: protos.store: a Redis store is not supported by this version of "
+        "Bridge (section 10); use a folder"
+    )
+    assert not (tmp_path / "redis:").exists()
 
 
 @pytest.mark.parametrize(
@@ -387,10 +400,16 @@ ERROR_CASES = [
         id="services-without-upstreams",
     ),
     pytest.param(
-        "auth:\n  api_keys: {header: x-api-key}\n",
+        "cache:\n  rules: []\n",
         {},
-        ["auth: not supported by this version of Bridge"],
+        ["cache: not supported by this version of Bridge"],
         id="unsupported-section",
+    ),
+    pytest.param(
+        "fallbacks: {}\nstatic: {}\n",
+        {},
+        ["fallbacks: not supported by this version of Bridge"],
+        id="unsupported-section-fallbacks",
     ),
     pytest.param(
         "aggregates: []\n",
@@ -403,6 +422,18 @@ ERROR_CASES = [
         {},
         ["upstreams.c.retries: not supported by this version of Bridge"],
         id="unsupported-upstream-key",
+    ),
+    pytest.param(
+        "upstreams:\n  c:\n    targets: [h:1]\n    health_chek: {}\n",
+        {},
+        ["upstreams.c.health_chek: unknown key (did you mean 'health_check'?)"],
+        id="misspelt-unsupported-key-is-suggested",
+    ),
+    pytest.param(
+        "upstreams:\n  c:\n    tragets: [h:1]\n",
+        {},
+        ["upstreams.c.tragets: unknown key (did you mean 'targets'?)"],
+        id="misspelt-required-key-named-before-the-missing-one",
     ),
     pytest.param(
         "upstreams:\n  users:\n    targets: ['${USERS_TARGET}']\n",
@@ -545,7 +576,7 @@ ERROR_CASES = [
     pytest.param(
         "limits:\n  idle_timeout: 0s\n",
         {},
-        ["limits.idle_timeout: '0s' must be above zero"],
+        ["limits.idle_timeout: must be more than zero, got '0s'"],
         id="zero-idle-timeout",
     ),
     pytest.param(
@@ -599,7 +630,7 @@ ERROR_CASES = [
     pytest.param(
         "protos:\n  store: s3://bucket\n",
         {},
-        ["protos.store: 's3://bucket': only a folder or a redis:// URL"],
+        ["protos.store: 's3://bucket': only a folder is supported by this version of Bridge"],
         id="unsupported-store-url",
     ),
     pytest.param(
