@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.policy.buckets import BucketStore, Decision, MemoryBuckets
+from bridge.policy.buckets import BucketStore, MemoryBuckets
 
 SECOND = 1_000_000_000
 
@@ -36,7 +36,7 @@ def test_memory_buckets_is_a_store() -> None:
 
 
 async def test_take_is_awaitable(clock: Clock) -> None:
-    assert await MemoryBuckets(clock=clock).take("k", 2.0, 5) == Decision(True, 4, 0.5, 0.0)
+    assert await MemoryBuckets(clock=clock).take("k", 2.0, 5) == (True, 4, 0.5, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ async def test_take_is_awaitable(clock: Clock) -> None:
 )
 def test_exactly_burst_pass_at_once(clock: Clock, rate: float, burst: int) -> None:
     store = MemoryBuckets(clock=clock)
-    passed = [store.take_now("k", rate, burst).allowed for _ in range(burst + 3)]
+    passed = [store.take_now("k", rate, burst)[0] for _ in range(burst + 3)]
     assert passed == [True] * burst + [False] * 3
 
 
@@ -56,10 +56,10 @@ def test_then_one_per_interval(clock: Clock, rate: float, burst: int) -> None:
         store.take_now("k", rate, burst)
     for _ in range(5):
         clock.advance(1 / rate * 0.99)
-        assert not store.take_now("k", rate, burst).allowed  # not quite one token yet
+        assert not store.take_now("k", rate, burst)[0]  # not quite one token yet
         clock.advance(1 / rate * 0.01)
-        assert store.take_now("k", rate, burst).allowed
-        assert not store.take_now("k", rate, burst).allowed
+        assert store.take_now("k", rate, burst)[0]
+        assert not store.take_now("k", rate, burst)[0]
 
 
 def test_decisions_through_a_burst(clock: Clock) -> None:
@@ -67,17 +67,17 @@ def test_decisions_through_a_burst(clock: Clock) -> None:
     store = MemoryBuckets(clock=clock)
     got = [store.take_now("k", 2.0, 5) for _ in range(6)]
     assert got == [
-        Decision(True, 4, 0.5, 0.0),
-        Decision(True, 3, 1.0, 0.0),
-        Decision(True, 2, 1.5, 0.0),
-        Decision(True, 1, 2.0, 0.0),
-        Decision(True, 0, 2.5, 0.0),
-        Decision(False, 0, 2.5, 0.5),
+        (True, 4, 0.5, 0.0),
+        (True, 3, 1.0, 0.0),
+        (True, 2, 1.5, 0.0),
+        (True, 1, 2.0, 0.0),
+        (True, 0, 2.5, 0.0),
+        (False, 0, 2.5, 0.5),
     ]
     clock.advance(0.2)
-    assert store.take_now("k", 2.0, 5) == Decision(False, 0, 2.3, pytest.approx(0.3))
+    assert store.take_now("k", 2.0, 5) == (False, 0, 2.3, pytest.approx(0.3))
     clock.advance(0.3)
-    assert store.take_now("k", 2.0, 5) == Decision(True, 0, 2.5, 0.0)
+    assert store.take_now("k", 2.0, 5) == (True, 0, 2.5, 0.0)
 
 
 def test_partial_refill(clock: Clock) -> None:
@@ -85,16 +85,16 @@ def test_partial_refill(clock: Clock) -> None:
     for _ in range(5):
         store.take_now("k", 2.0, 5)
     clock.advance(1.2)  # 2.4 tokens back: two whole ones to spend, then one fraction left
-    assert store.take_now("k", 2.0, 5) == Decision(True, 1, pytest.approx(1.8), 0.0)
-    assert store.take_now("k", 2.0, 5).allowed
-    assert store.take_now("k", 2.0, 5) == Decision(False, 0, pytest.approx(2.3), pytest.approx(0.3))
+    assert store.take_now("k", 2.0, 5) == (True, 1, pytest.approx(1.8), 0.0)
+    assert store.take_now("k", 2.0, 5)[0]
+    assert store.take_now("k", 2.0, 5) == (False, 0, pytest.approx(2.3), pytest.approx(0.3))
 
 
 def test_refill_stops_at_burst(clock: Clock) -> None:
     store = MemoryBuckets(clock=clock)
     store.take_now("k", 2.0, 5)
     clock.advance(3600)
-    passed = [store.take_now("k", 2.0, 5).allowed for _ in range(7)]
+    passed = [store.take_now("k", 2.0, 5)[0] for _ in range(7)]
     assert passed == [True] * 5 + [False] * 2
 
 
@@ -103,16 +103,16 @@ def test_refusals_take_nothing(clock: Clock) -> None:
     store = MemoryBuckets(clock=clock)
     store.take_now("k", 1.0, 1)
     for _ in range(100):
-        assert not store.take_now("k", 1.0, 1).allowed
+        assert not store.take_now("k", 1.0, 1)[0]
     clock.advance(1)
-    assert store.take_now("k", 1.0, 1).allowed
+    assert store.take_now("k", 1.0, 1)[0]
 
 
 def test_keys_are_independent(clock: Clock) -> None:
     store = MemoryBuckets(clock=clock)
-    assert store.take_now("a", 1.0, 1).allowed
-    assert not store.take_now("a", 1.0, 1).allowed
-    assert store.take_now("b", 1.0, 1).allowed
+    assert store.take_now("a", 1.0, 1)[0]
+    assert not store.take_now("a", 1.0, 1)[0]
+    assert store.take_now("b", 1.0, 1)[0]
 
 
 def test_the_cap_is_never_exceeded(clock: Clock) -> None:
@@ -123,8 +123,8 @@ def test_the_cap_is_never_exceeded(clock: Clock) -> None:
         assert len(store) <= 100
     assert len(store) == 100
     # The newest survive; the client pushed out starts again from a full bucket.
-    assert store.take_now("flood-9999", 1.0, 5).remaining == 3
-    assert store.take_now("flood-0", 1.0, 5).remaining == 4
+    assert store.take_now("flood-9999", 1.0, 5)[1] == 3
+    assert store.take_now("flood-0", 1.0, 5)[1] == 4
 
 
 def test_a_known_key_is_kept_while_used(clock: Clock) -> None:
@@ -133,8 +133,8 @@ def test_a_known_key_is_kept_while_used(clock: Clock) -> None:
         store.take_now(key, 1.0, 5)
     store.take_now("a", 1.0, 5)  # "a" is now the most recently used; "b" is the oldest
     store.take_now("d", 1.0, 5)
-    assert store.take_now("a", 1.0, 5).remaining == 2  # kept: its third token
-    assert store.take_now("b", 1.0, 5).remaining == 4  # pushed out: a fresh bucket
+    assert store.take_now("a", 1.0, 5)[1] == 2  # kept: its third token
+    assert store.take_now("b", 1.0, 5)[1] == 4  # pushed out: a fresh bucket
 
 
 def test_refilled_buckets_are_dropped(clock: Clock) -> None:
@@ -148,7 +148,7 @@ def test_refilled_buckets_are_dropped(clock: Clock) -> None:
     for i in range(1, 10):
         store.take_now(f"new-{i}", 2.0, 5)
     assert len(store) == 10  # only the new ones are left
-    assert store.take_now("idle-0", 2.0, 5).remaining == 4  # a fresh bucket, as it was
+    assert store.take_now("idle-0", 2.0, 5)[1] == 4  # a fresh bucket, as it was
 
 
 def test_buckets_not_yet_full_are_kept(clock: Clock) -> None:
@@ -158,4 +158,4 @@ def test_buckets_not_yet_full_are_kept(clock: Clock) -> None:
     clock.advance(1.0)  # 1.5 s to refill: half a token short
     store.take_now("other", 2.0, 5)
     assert len(store) == 2
-    assert store.take_now("busy", 2.0, 5).remaining == 3
+    assert store.take_now("busy", 2.0, 5)[1] == 3

@@ -134,7 +134,7 @@ def test_unknown_key_kind_is_refused() -> None:
 
 
 async def test_allowed_call_goes_on_with_headers() -> None:
-    store = FakeStore(Decision(True, 3, 1.2, 0.0))
+    store = FakeStore((True, 3, 1.2, 0.0))
     step = RateLimitStep(Rule("*", rate=2.0, burst=5), 0, store)
     call, rest = make_call(), Next()
     assert await step(call, rest) is REPLY
@@ -148,7 +148,7 @@ async def test_allowed_call_goes_on_with_headers() -> None:
 
 
 async def test_refused_call_is_a_429_and_never_goes_on() -> None:
-    store = FakeStore(Decision(False, 0, 2.5, 0.25))
+    store = FakeStore((False, 0, 2.5, 0.25))
     step = RateLimitStep(Rule("*", rate=2.0, burst=5), 0, store)
     call, rest = make_call(), Next()
     with pytest.raises(BridgeError) as caught:
@@ -170,7 +170,7 @@ async def test_refused_call_is_a_429_and_never_goes_on() -> None:
 
 @pytest.mark.parametrize("retry_after, header", [(0.001, "1"), (1.0, "1"), (1.01, "2"), (30, "30")])
 async def test_retry_after_rounds_up(retry_after: float, header: str) -> None:
-    step = RateLimitStep(Rule("*"), 0, FakeStore(Decision(False, 0, 40, retry_after)))
+    step = RateLimitStep(Rule("*"), 0, FakeStore((False, 0, 40, retry_after)))
     with pytest.raises(BridgeError) as caught:
         await step(make_call(), Next())
     assert caught.value.headers["Retry-After"] == header

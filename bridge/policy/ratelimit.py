@@ -99,25 +99,27 @@ class RateLimitStep:
         return self._key(call)
 
     async def __call__(self, call: Call, next: Invoke) -> Reply:
-        decision = await self.store.take(self._key(call), self._rate, self._burst)
-        if decision.allowed:
+        allowed, remaining, reset, retry_after = await self.store.take(
+            self._key(call), self._rate, self._burst
+        )
+        if allowed:
             headers = call.response_headers
             headers[LIMIT] = self._limit
-            headers[REMAINING] = str(decision.remaining)
-            headers[RESET] = str(math.ceil(decision.reset))
+            headers[REMAINING] = str(remaining)
+            headers[RESET] = str(math.ceil(reset))
             return await next(call)
-        retry = max(1, math.ceil(decision.retry_after))
+        retry = max(1, math.ceil(retry_after))
         raise BridgeError(
             RESOURCE_EXHAUSTED,
             f"rate limit exceeded ({self._burst} requests at once, then {self._rate:g} a "
             f"second); retry after {retry} s",
-            [{"@type": _RETRY_INFO, "retryDelay": f"{decision.retry_after:.3f}s"}],
+            [{"@type": _RETRY_INFO, "retryDelay": f"{retry_after:.3f}s"}],
             status=429,
             headers={
                 RETRY_AFTER: str(retry),
                 LIMIT: self._limit,
-                REMAINING: str(decision.remaining),
-                RESET: str(math.ceil(decision.reset)),
+                REMAINING: str(remaining),
+                RESET: str(math.ceil(reset)),
             },
         )
 
