@@ -116,3 +116,12 @@ def test_single_host_network() -> None:
     assert proxies.client_address("127.0.0.1", "198.51.100.1") == "198.51.100.1"
     assert proxies.client_address("::1", "198.51.100.1") == "198.51.100.1"
     assert proxies.client_address("127.0.0.2", "198.51.100.1") == "127.0.0.2"
+
+
+def test_answers_hold_past_the_cache() -> None:
+    """More distinct addresses than the hop cache holds: each answer is still read afresh."""
+    proxies = TrustedProxies([ip_network("10.0.0.0/8")])
+    for i in range(6000):
+        client = f"198.51.{i // 250}.{i % 250}"
+        assert proxies.client_address("10.0.0.2", f"{client}, 10.1.{i // 250}.{i % 250}") == client
+        assert proxies.client_address(client, "10.0.0.9") == client
