@@ -262,6 +262,14 @@ async def test_ws_each_call_is_checked_against_its_own_rule(bridge, keys):
         assert status(await ws.until_status("echo"))["code"] == 0
 
 
+async def test_ws_with_a_key_and_a_token_each_rule_takes_its_kind(bridge, keys):
+    both = {**key(ALICE_KEY), **bearer(rs256()(keys))}
+    async with connect(bridge.url, headers=both) as ws:
+        assert status(await ws.call("stats", "GetStats", {}))["code"] == 0  # api_key: the key
+        [reply] = messages(await ws.call("echo", "Echo", ECHO_MESSAGE))
+        assert reply["metadata"]["x-bridge-subject"] == "user-1"  # any: the token wins
+
+
 async def test_ws_without_credentials_only_open_methods_answer(bridge):
     async with connect(bridge.url) as ws:
         frames = await ws.call("echo", "Echo", ECHO_MESSAGE)

@@ -449,11 +449,13 @@ async def test_a_principal_from_the_upgrade_is_used_until_it_expires(auth):
     assert error.headers["WWW-Authenticate"] == 'Bearer realm="bridge", error="invalid_token"'
 
 
-async def test_an_upgrade_principal_of_the_wrong_kind_is_refused(auth):
-    step = auth.step(rule("*", "api_key"))
+async def test_an_upgrade_principal_of_the_wrong_kind_falls_back_to_the_upgrade_headers(auth):
+    step, next_step = auth.step(rule("*", "api_key")), FakeNext()
     principal = Principal("sock", "jwt", expires=time.time() + 60)
-    error = await _refused(step(fake_call(principal=principal), FakeNext()))
-    assert error.message.endswith(", not a bearer token")
+    error = await _refused(step(fake_call(principal=principal), next_step))
+    assert error.message == "this method needs an API key in the x-api-key header"
+    await step(fake_call(GOOD_KEY, principal=principal), next_step)
+    assert next_step.calls[0].principal.subject == "alice"
 
 
 async def _refused(awaitable: Any) -> BridgeError:

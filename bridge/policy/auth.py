@@ -376,7 +376,7 @@ class Authenticator:
             kinds.append(f"an API key in the {self._api_keys.header} header")
         if self._tokens is not None and require != API_KEY:
             kinds.append("a bearer token (Authorization: Bearer <JWT>)")
-        return " or ".join(kinds) or "a credential"  # none configured: see from_settings
+        return " or ".join(kinds) or "a credential, and none is configured"
 
     def _bearer(self, headers: Mapping[str, str]) -> Principal | None:
         assert self._tokens is not None
@@ -447,24 +447,19 @@ class AuthStep:
 
     async def __call__(self, call: Call, next: Invoke) -> Reply:
         auth = self._auth
-        principal = call.principal
-        if principal is None:
+        principal = call.principal  # proven at a socket's upgrade, when set
+        if principal is not None and self.require in (ANY, principal.kind):
+            principal = auth.fresh(principal, self.require)  # it may have expired since
+        else:  # also a socket's JWT on an api_key rule: its upgrade may have sent a key too
             principal = auth.identify(call.headers, self.require)
-        else:  # proven at a socket's upgrade: its token may have expired since
-            principal = auth.fresh(principal, self.require)
-        if principal is None or self.require not in (ANY, principal.kind):
-            raise auth.unauthenticated(self.require, self._needs(principal))
+        if principal is None:
+            needs = f"this method needs {auth.wanted(self.require)}"
+            raise auth.unauthenticated(self.require, needs)
         missing = self.scopes - principal.scopes
         if missing:
             raise _forbidden(missing, principal)
         call.principal = principal
         return await next(call)
-
-    def _needs(self, principal: Principal | None) -> str:
-        needs = f"this method needs {self._auth.wanted(self.require)}"
-        if principal is None:
-            return needs
-        return needs + (", not a bearer token" if principal.kind == JWT else ", not an API key")
 
 
 def _forbidden(missing: frozenset[str], principal: Principal) -> BridgeError:
