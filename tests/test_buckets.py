@@ -5,6 +5,8 @@ refilled buckets are dropped.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from bridge.policy.buckets import BucketStore, MemoryBuckets
@@ -159,3 +161,19 @@ def test_buckets_not_yet_full_are_kept(clock: Clock) -> None:
     store.take_now("other", 2.0, 5)
     assert len(store) == 2
     assert store.take_now("busy", 2.0, 5)[1] == 3
+
+
+def test_a_flood_of_distinct_keys_holds_memory_at_the_cap(clock: Clock) -> None:
+    """Twenty times the cap in distinct keys, all within one refill period: the memory held
+    afterwards is that of ``max_buckets`` buckets (about 250 bytes each), not of the flood."""
+    store = MemoryBuckets(1000, clock=clock)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            store.take_now(f"0:ip:10.0.{i // 256}.{i % 256}", 1.0, 5)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 1000
+    assert held < 1000 * 400
