@@ -473,7 +473,8 @@ def rsa_1024(k: Keys) -> dict[str, Any]:
 
 JWKS_ERRORS: Final = [
     pytest.param(None, "cannot read", id="missing"),
-    pytest.param("{not json", "is not JSON", id="not-json"),
+    pytest.param('{"keys": [', "is not JSON: Expecting value at line 1 column 11", id="not-json"),
+    pytest.param(b'{"keys": "\xff"}', "is not UTF-8 text (bad byte at offset 10)", id="not-utf8"),
     pytest.param("[]", 'a JSON object with a "keys" list', id="not-an-object"),
     pytest.param({"keys": [{"kid": "x"}]}, 'keys[0]: not a JWK (an object with a "kty")',
                  id="no-kty"),
@@ -495,7 +496,9 @@ def test_a_bad_jwks_file_is_a_config_error_naming_it(tmp_path, keys, content, pr
     path = tmp_path / "keys.json"
     if callable(content):
         content = content(keys)
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content if isinstance(content, str) else json.dumps(content))
     settings = jwt_settings(jwks_file=path, secret=None, algorithms=("RS256", "ES256"))
     with pytest.raises(ConfigError) as caught:

@@ -83,8 +83,11 @@ class KeySet:
             document = json.loads(path.read_bytes())
         except OSError as e:
             raise ValueError(f"cannot read {path}: {e.strerror}") from None
-        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-            raise ValueError(f"{path} is not JSON ({type(e).__name__})") from None
+        except json.JSONDecodeError as e:  # its msg and position quote nothing of the file
+            where = f"line {e.lineno} column {e.colno}"
+            raise ValueError(f"{path} is not JSON: {e.msg} at {where}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
         entries = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(entries, list):
             raise ValueError(f'{path} is not a JWKS: a JSON object with a "keys" list')
