@@ -11,9 +11,10 @@ PROTOS := $(shell find protos bench/protos -name "*.proto" 2>/dev/null)
 install: $(STAMP) $(GEN)
 
 # Debian's headless Chromium for tests/test_browser.py (Playwright drives it; it never
-# downloads a browser). Needs root, as on CI.
+# downloads a browser), and curl for tests/test_tour.py (the README's tour). Needs root, as on CI.
 chromium:
-	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	@test -x /usr/bin/chromium && command -v curl >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends chromium curl)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -7,6 +7,7 @@ prints curl commands to try, and runs until Ctrl-C or until any of them exits.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from services.credentials import DEV_ENV, dev_credentials
+
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 BRIDGE_URL: Final = "http://127.0.0.1:8080"  # the listen address in bridge.yaml
 READY_TIMEOUT_SECONDS: Final = 20.0
@@ -25,18 +28,20 @@ STOP_TIMEOUT_SECONDS: Final = 5.0
 POLL_SECONDS: Final = 0.25
 
 CURL_EXAMPLES: Final = f"""\
+# the auth policy's dev credentials (reads are public, writes need a key or a token)
+source .bridge/dev.env
 # a user (int64 karma comes back as a string)
 curl -s {BRIDGE_URL}/v1/users/1
 # filtered and paged
 curl -s '{BRIDGE_URL}/v1/users?role=ROLE_MEMBER&page_size=1'
 # create
-curl -s -X POST {BRIDGE_URL}/v1/users -H 'Content-Type: application/json' \\
+curl -s -X POST {BRIDGE_URL}/v1/users -H "x-api-key: $BRIDGE_DEMO_KEY" \\
   -d '{{"displayName": "Grace Hopper", "role": "ROLE_MEMBER", "tags": ["navy"]}}'
 # partial update with a field mask
 curl -s -X PATCH '{BRIDGE_URL}/v1/users/2?update_mask=display_name' \\
-  -H 'Content-Type: application/json' -d '{{"displayName": "Alan M. Turing"}}'
+  -H "x-api-key: $BRIDGE_DEMO_KEY" -d '{{"displayName": "Alan M. Turing"}}'
 # a custom verb
-curl -s -X POST '{BRIDGE_URL}/v1/users/2:ban' -H 'Content-Type: application/json' \\
+curl -s -X POST '{BRIDGE_URL}/v1/users/2:ban' -H "x-api-key: $BRIDGE_DEMO_KEY" \\
   -d '{{"reason": "spam", "duration": "3600s"}}'
 # server streaming as NDJSON, then as Server-Sent Events
 curl -N '{BRIDGE_URL}/v1/ticks?count=5&interval_ms=500'
@@ -49,8 +54,16 @@ curl -N '{BRIDGE_URL}/v1/files/report.txt?lines=3&interval_ms=300'
 printf 'hello, raw bytes' | curl -s --data-binary @- -H 'Content-Type: application/octet-stream' \\
   {BRIDGE_URL}/v1/files/hello.bin
 # every call kind over one WebSocket, in the browser: open {BRIDGE_URL}/demo
+# a 429 after Echo's burst of 5, and a delete that needs a JWT with the users.admin scope
+for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {BRIDGE_URL}/v1/echo/hi; done; echo
+curl -s -X DELETE {BRIDGE_URL}/v1/users/2 -H "Authorization: Bearer \
+$(.venv/bin/python -m services.credentials token --scope users.admin)"
 # the OpenAPI document of every route
 curl -s {BRIDGE_URL}/openapi.json | head -c 300; echo"""
+
+DEV_NOTE: Final = f"""
+# dev credentials, kept in {DEV_ENV.relative_to(REPO_ROOT)}: API key {{key}} (header x-api-key);
+# JWTs: .venv/bin/python -m services.credentials token [--sub NAME] [--scope SCOPES]"""
 
 
 @dataclass
@@ -66,11 +79,11 @@ class Child:
         return None if code is None else f"{self.name} exited with code {code}"
 
 
-def spawn(name: str, args: list[str]) -> Child:
+def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
     """Start a child in the repo root, in its own process group."""
     # Its own group keeps a terminal Ctrl-C away from it, so that the supervisor alone
     # decides the shutdown order: the bridge first, then the services it calls.
-    process = subprocess.Popen(args, cwd=REPO_ROOT, process_group=0)
+    process = subprocess.Popen(args, cwd=REPO_ROOT, process_group=0, env=env)
     return Child(name, process)
 
 
@@ -82,7 +95,7 @@ def start_all(children: list[Child]) -> None:
     children.append(spawn("users", [python, "-m", "services.users", "--port", "50051"]))
     children.append(spawn("echo", [python, "-m", "services.echo", "--port", "50052"]))
     bridge = [python, "-m", "bridge.cli", "serve", "--config", "bridge.yaml"]
-    children.append(spawn("bridge", bridge))
+    children.append(spawn("bridge", bridge, {**os.environ, **dev_credentials(os.environ)}))
 
 
 def probe(url: str) -> str | None:
@@ -158,6 +171,7 @@ def main() -> int:
             return 1
         print(f"\nBridge ready on {BRIDGE_URL} (Ctrl-C stops everything). Try:\n", flush=True)
         print(CURL_EXAMPLES, flush=True)
+        print(DEV_NOTE.format(key=dev_credentials(os.environ)["BRIDGE_DEMO_KEY"]), flush=True)
         print(f"run: stopping because {wait_for_exit(children)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,10 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bridge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def bridge(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bridge.cli", *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
     )  # fmt: skip
 
 
@@ -53,8 +57,12 @@ service A {
 """
 
 
+# What `make run` gives the committed config's auth policy (services/credentials.py).
+DEV_CREDENTIALS = {"BRIDGE_API_KEYS": "demo=k", "BRIDGE_JWT_SECRET": "s" * 32}
+
+
 def test_check_prints_the_route_table_of_the_committed_config():
-    result = bridge("check", "--config", "bridge.yaml")
+    result = bridge("check", "--config", "bridge.yaml", env=DEV_CREDENTIALS)
     assert result.returncode == 0, result.stderr
     assert "GET     /v1/users/{id}  ->  demo.users.v1.UserService/GetUser" in result.stdout
     assert "PATCH   /v1/{user.name=users/*}" in result.stdout
@@ -164,3 +172,9 @@ def test_serve_listens_answers_healthz_and_stops_on_sigterm(tmp_path):
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_the_committed_config_names_the_dev_credentials_it_lacks():
+    result = bridge("check", "--config", "bridge.yaml", env={"BRIDGE_API_KEYS": ""})
+    assert result.returncode == 2
+    assert "environment variable BRIDGE_API_KEYS is set but empty" in result.stderr
