@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from typing import Final
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from bridge import errors
+from bridge.config import CorsSettings
 from bridge.edge.protocol import quote
 from bridge.errors import BridgeError, error_response
 from bridge.routing import RouteTable
@@ -40,21 +41,6 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: me
 # Expose-Headers has no prefix wildcard, so the default set is picked from each response.
 _EXPOSED_NAMES: Final = frozenset({"x-request-id", "retry-after"})
 _EXPOSED_PREFIXES: Final = ("grpc-metadata-", "grpc-trailer-", "ratelimit-")
-
-
-class CorsSettings(Protocol):
-    """The ``cors`` settings as Cors reads them (until bridge.config.CorsSettings has them)."""
-
-    @property
-    def allow_origins(self) -> tuple[str, ...]: ...
-    @property
-    def allow_headers(self) -> tuple[str, ...] | None: ...
-    @property
-    def expose_headers(self) -> tuple[str, ...] | None: ...
-    @property
-    def max_age(self) -> float: ...
-    @property
-    def allow_credentials(self) -> bool: ...
 
 
 def route_methods(table: Callable[[], RouteTable]) -> MethodsFor:
@@ -79,11 +65,8 @@ class Cors:
     """The ``cors`` settings applied to preflights and responses; see the module docstring."""
 
     def __init__(self, settings: CorsSettings, methods_for: MethodsFor) -> None:
-        origins = frozenset(settings.allow_origins)
-        self._origins = origins
-        self._any = "*" in origins
-        # "*" is only valid without credentials; with them the origin itself is echoed.
-        self._star = self._any and not settings.allow_credentials
+        self._origins = frozenset(settings.allow_origins)
+        self._star = "*" in self._origins  # config refuses "*" with allow_credentials
         self._credentials = settings.allow_credentials
         self._allow_headers = _joined(settings.allow_headers)
         self._expose = _joined(settings.expose_headers)
@@ -91,17 +74,11 @@ class Cors:
         self._methods_for = methods_for
 
     def allow_origin(self, origin: str) -> str | None:
-        """The ``Access-Control-Allow-Origin`` value for an origin, or None if it is not allowed.
-
-        ``*`` allows every origin, but with credentials on it never echoes ``null`` (sandboxed
-        frames, ``file:`` pages): that would hand credentialed answers to any sandboxed page.
-        """
+        """The ``Access-Control-Allow-Origin`` value for an origin, or None if it is not allowed."""
         if self._star:
             return "*"
         origin = origin.lower()
-        if origin in self._origins or (self._any and origin != "null"):
-            return origin
-        return None
+        return origin if origin in self._origins else None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
