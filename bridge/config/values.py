@@ -182,9 +182,10 @@ def _count(value: Any) -> int:
 
 def _positive(parse: Callable[[Any], N]) -> Callable[[Any], N]:
     """A reader of amounts above zero, read with `parse`."""
+    read_amount = _amount(parse)
 
     def read(value: Any) -> N:
-        amount = _amount(parse)(value)
+        amount = read_amount(value)
         if amount <= 0:
             raise Problem(f"must be more than zero, got {describe(value)}")
         return amount
@@ -216,10 +217,6 @@ def header_name(value: Any) -> str:
     if not _HEADER_NAME.fullmatch(name):
         raise Problem(f"{name!r} is not a valid HTTP header name")
     return name.lower()
-
-
-def _listing(names: list[str]) -> str:
-    return ", ".join(sorted(names))
 
 
 def written(default: Any, **field: Any) -> Any:
@@ -301,14 +298,13 @@ class Section(BaseModel):
             return {cls._bare_list: data}
         if not isinstance(data, dict):
             return data  # pydantic says "expected a mapping"
-        known = [field.alias or name for name, field in cls.model_fields.items()]
+        known = sorted(field.alias or name for name, field in cls.model_fields.items())
         for key in data:
             if key in cls._unsupported:
                 raise Problem(NOT_SUPPORTED, key)
             if key not in known:
-                keys = sorted({*known, *cls._unsupported})
-                close = difflib.get_close_matches(str(key), keys, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"known keys: {_listing(known)}"
+                close = difflib.get_close_matches(str(key), sorted({*known, *cls._unsupported}))
+                hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
                 raise Problem(f"unknown key ({hint})", key)
         return {key: value for key, value in data.items() if value is not None}
 
