@@ -99,7 +99,8 @@ def _cost_context(name: str) -> Callable[[dict[str, Result]], str | None]:
         if row.get("cost_pct") is None:
             return None
         cpu = row.get("added_cpu_us_per_req")
-        extra = "" if cpu is None else f", {cpu:+.1f} us of bridge CPU a request"
+        extra = "" if cpu is None else (f"; {cpu:+.1f} us of bridge CPU a request "
+                                        f"({row['cpu_cost_pct']:+.1f}%)")  # fmt: skip
         return (
             f"{row['cost_pct']:.1f}% of {row['plain']}'s rate "
             f"(ratio_to_plain {_fmt(row['ratio_to_plain'], 2)}){extra}"

@@ -4,8 +4,8 @@ SPEC section 9 reads the bridge against Envoy's gRPC-JSON transcoder and prices 
 limits against the plain bridge, both in the same rounds as the plain pair, so machine drift
 hits every row alike. Each rival is started here, checked to answer the bench call like the
 bridge does, warmed up, measured in the pair's rounds, and stopped. A rival that cannot run
-gets a row that says why: ``skipped`` when it is not there (Envoy not installed, policies not
-built), ``error`` when it is there and fails.
+gets a row that says why: ``skipped`` when it is not there (Envoy not installed), ``error``
+when it is there and fails.
 """
 
 from __future__ import annotations
@@ -66,14 +66,9 @@ class Skipped(Exception):
 
 
 def _policy_rival(
-    s: Scenarios, stack: contextlib.ExitStack, policy: policies.Policy | str, plain: Answer
+    s: Scenarios, stack: contextlib.ExitStack, policy: policies.Policy, plain: Answer
 ) -> Rival:
-    if isinstance(policy, str):
-        raise Skipped(policy)
-    try:
-        bridge = policies.start(policy, s.workdir, s.backend.port, s.plan.workers)
-    except policies.NotBuilt as why:
-        raise Skipped(str(why)) from None
+    bridge = policies.start(policy, s.workdir, s.backend.port, s.plan.workers)
     stack.callback(bridge.stop)
     url = f"http://127.0.0.1:{bridge.port}{load.REST_ECHO_PATH}"
     policies.check(policy, url, BODY, plain)

@@ -413,8 +413,10 @@ def _add_cost(
                plain_round_ratios=[_r(x) for x in ratios])  # fmt: skip
     if ratio is not None:
         row["cost_pct"] = _r((1 - ratio) * 100, 1)
-    if row["cpu_us_per_req"] is not None and plain_row["cpu_us_per_req"] is not None:
-        row["added_cpu_us_per_req"] = _r(row["cpu_us_per_req"] - plain_row["cpu_us_per_req"], 1)
+    cpu, plain_cpu = row["cpu_us_per_req"], plain_row["cpu_us_per_req"]
+    if cpu is not None and plain_cpu:  # steadier than the rate on a busy machine
+        row["added_cpu_us_per_req"] = _r(cpu - plain_cpu, 1)
+        row["cpu_cost_pct"] = _r((cpu - plain_cpu) * 100 / plain_cpu, 1)
 
 
 def not_measured(name: str, *, skipped: str | None = None, error: str | None = None) -> Result:

@@ -94,15 +94,12 @@ def _check_rivals(by_name: dict[str, dict], stdout: str) -> None:
         assert _number(r["rps"]) and r["rps"] > 0 and _number(r["cpu_us_per_req"]), r
         assert r["baseline"] == "direct_grpc_unary_c16" and len(r["round_ratios"]) == 2, r
         assert r["ratio_to_direct"] > 0 and r["measured"], r
-    for name in RIVALS[:2]:  # the policy rows: skipped only while SPEC section 6 is not built
+    for name in RIVALS[:2]:  # the policy rows: always there, priced against the plain bridge
         r = by_name[name]
-        if "skipped" in r:
-            assert "not supported" in r["skipped"] or "PyJWT" in r["skipped"], r
-            assert f"skip  {name}: " in stdout
-        else:
-            assert r["plain"] == "rest_unary_c16" and _number(r["ratio_to_plain"]), r
-            assert _number(r["cost_pct"]) and len(r["plain_round_ratios"]) == 2, r
-            assert any(f"{v}  {name}: " in stdout for v in ("PASS", "FAIL")), stdout
+        assert "skipped" not in r and r["plain"] == "rest_unary_c16", r
+        assert _number(r["ratio_to_plain"]) and len(r["plain_round_ratios"]) == 2, r
+        assert _number(r["cost_pct"]) and _number(r["cpu_cost_pct"]), r
+        assert any(f"{v}  {name}: " in stdout for v in ("PASS", "FAIL")), stdout
     proxy = by_name["rest_unary_envoy_c16"]
     if "skipped" not in proxy:
         assert proxy["envoy_concurrency"] == 1 and "--concurrency 1" in proxy["notes"][0], proxy
