@@ -36,6 +36,7 @@ from tests.tokens import (
     hs256,
     jwk,
     new_keys,
+    relative,
     rs256,
     standard_jwks,
     tampered,
@@ -131,12 +132,6 @@ def assert_not_echoed(error: BridgeError, secret: str) -> None:
 
 
 # --- tokens ----------------------------------------------------------------------------------
-
-def relative(**offsets: int) -> Callable[[Any], str]:
-    """An RS256 token whose times are now plus ``offsets`` seconds, now being when the test
-    runs: a full run collects this module minutes before it gets here, past any leeway."""
-    return lambda k: rs256(claims(**{n: int(time.time()) + d for n, d in offsets.items()}))(k)
-
 
 ACCEPTED: Final = [
     pytest.param(rs256(), "user-1", frozenset(), id="rs256"),

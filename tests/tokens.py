@@ -67,7 +67,8 @@ def standard_jwks(path: Path, keys: Keys) -> Path:
 
 def claims(**changes: Any) -> dict[str, Any]:
     now = int(time.time())
-    base = {"sub": "user-1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
+    # An hour: tests parametrized with these tokens may run minutes after collecting them.
+    base = {"sub": "user-1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 3600}
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -95,6 +96,12 @@ TokenMaker = Callable[[Keys], str]
 def rs256(payload: dict[str, Any] | None = None, kid: str | None = "r1", **h: Any) -> TokenMaker:
     headers = {**({} if kid is None else {"kid": kid}), **h}
     return lambda k: jwt.encode(payload or claims(), k.rsa, "RS256", headers=headers)
+
+
+def relative(**offsets: int) -> TokenMaker:
+    """An RS256 token whose times are now plus ``offsets`` seconds, now being when the test
+    runs: a full run collects a module minutes before it gets there, past any leeway."""
+    return lambda k: rs256(claims(**{n: int(time.time()) + d for n, d in offsets.items()}))(k)
 
 
 def es256(payload: dict[str, Any] | None = None) -> TokenMaker:
