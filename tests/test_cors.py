@@ -151,6 +151,25 @@ async def test_preflight_follows_the_live_route_table(
         await team.stop()
 
 
+async def test_preflight_needs_no_credentials(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    auth = {
+        "api_keys": {"header": "x-api-key", "keys": "key-0123456789abcdef"},
+        "rules": [{"match": "*", "require": "api_key"}],
+    }
+    config = demo_config(users_server, echo_server, cors={"allow_origins": [APP]}, auth=auth)
+    bridge = await start_bridge(config)
+    status, text, headers = await preflight(
+        bridge, "/v1/users/42", "GET", **{"Access-Control-Request-Headers": "x-api-key"}
+    )
+    assert status == 204, text  # browsers never send credentials with a preflight
+    assert headers["Access-Control-Allow-Headers"] == "x-api-key"
+    status, body, headers = await bridge.json("GET", "/v1/users/42", headers={"Origin": APP})
+    assert (status, body["code"]) == (401, 16)
+    assert headers[ACAO] == APP  # the page can read why it was refused
+
+
 # --- real responses -----------------------------------------------------------------------------
 
 
