@@ -14,7 +14,8 @@ to answer preflights for every route and to mark the responses an allowed origin
   other response as its headers go out. A signal, not a middleware looking at the returned
   response: streaming replies send their headers long before their handler returns.
 
-A request without ``Origin`` costs one header lookup in each.
+A request without ``Origin`` costs a method comparison in the middleware and one header
+lookup in the signal (measured: well under a microsecond each).
 """
 
 from __future__ import annotations
