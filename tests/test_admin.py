@@ -404,6 +404,8 @@ BAD: Final = {
     "no-upstream": ({"name": "t", "files": TINY}, "upstream"),
     "both": ({"name": "t", "files": TINY, "upstream": "u", "targets": ["127.0.0.1:1"]}, "upstream"),
     "bad-target": ({"name": "t", "files": TINY, "targets": ["no port"]}, "no port"),
+    "port-zero": ({"name": "t", "files": TINY, "targets": ["h:0"]}, "port from 1 to 65535"),
+    "port-too-big": ({"name": "t", "files": TINY, "targets": ["h:99999"]}, "port from 1"),
     "bad-name": ({"name": "../t", "files": TINY, "targets": ["127.0.0.1:1"]}, "../t"),
     "no-files": ({"name": "t", "files": {}, "targets": ["127.0.0.1:1"]}, "files"),
     "unknown-field": ({"name": "t", "files": TINY, "targets": ["127.0.0.1:1"], "x": 1}, "s): x"),

@@ -59,8 +59,15 @@ def check_registration(registration: Registration) -> None:
     if len(registration.targets) > MAX_TARGETS:
         raise errors.invalid_argument(f"targets: at most {MAX_TARGETS} per registration")
     for target in registration.targets:
-        if not _TARGET.match(target):
-            raise errors.invalid_argument(f"targets: {shown(target)} is not host:port")
+        if not _TARGET.match(target) or not _port_ok(target):
+            raise errors.invalid_argument(
+                f"targets: {shown(target)} is not host:port with a port from 1 to 65535"
+            )
+
+
+def _port_ok(target: str) -> bool:
+    """The rule the config applies to upstream targets (``UpstreamSettings`` refuses others)."""
+    return target.startswith("unix:") or 1 <= int(target.rpartition(":")[2]) <= 65535
 
 
 def file_name_problem(name: str) -> str | None:
