@@ -18,7 +18,7 @@ from bridge import edge, errors
 from bridge.admin import AdminApi
 from bridge.config import Settings
 from bridge.edge.cors import Cors, route_methods
-from bridge.edge.proxies import TrustedProxies
+from bridge.edge.proxies import TrustedProxies, client_address
 from bridge.errors import error_response
 from bridge.http import RID, RestGateway
 from bridge.openapi import openapi_document
@@ -91,14 +91,14 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     app[edge.LIMITS] = settings.limits
     app[REGISTRY] = registry
     app[UPSTREAMS] = upstreams
-    client_address = _client_address(TrustedProxies(settings.trusted_proxies))
+    address = client_address(TrustedProxies(settings.trusted_proxies))
     gateway = RestGateway(
         registry,
         forward_headers=frozenset(settings.forward_headers),
         max_metadata=settings.limits.max_metadata,
-        client_address=client_address,
+        client_address=address,
     )
-    sockets = WebSocketGateway(settings, registry, client_address, policies.identify)
+    sockets = WebSocketGateway(settings, registry, address, policies.identify)
     registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0])
     app[REGISTRAR] = registrar
     app.cleanup_ctx.append(lambda _: policies.running())
@@ -141,18 +141,6 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.get(RID) or request_id(request.headers)
         error = errors.internal(log, f"{request.method} {request.path}", rid)
         return error_response(error, {"X-Request-Id": rid})
-
-
-def _client_address(proxies: TrustedProxies) -> Callable[[web.Request], str | None]:
-    """The client's address: the peer, or X-Forwarded-For when the peer is a trusted proxy."""
-    if not proxies.networks:
-        return lambda request: request.remote
-
-    def client_address(request: web.Request) -> str | None:
-        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ()))
-        return proxies.client_address(request.remote, forwarded)
-
-    return client_address
 
 
 _DOCUMENTS: weakref.WeakKeyDictionary[Snapshot, bytes] = weakref.WeakKeyDictionary()

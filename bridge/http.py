@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from typing import Final
 
 from aiohttp import web
@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from bridge import errors
 from bridge.call import HTTP, Call, Reply
 from bridge.edge import read_body
+from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
 from bridge.registry import Registry
 from bridge.registry.snapshot import Binding
@@ -27,10 +28,9 @@ from bridge.upstream.metadata import (
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"
 SSE: Final = "text/event-stream"
+log = logging.getLogger("bridge.http")
 RID: Final = web.RequestKey("request_id", str)  # the call's x-request-id, for the guard's log
 
-# The client's address as the bridge believes it (X-Forwarded-For only from trusted proxies).
-ClientAddress = Callable[[web.Request], "str | None"]
 
 
 class RestGateway:
@@ -155,7 +155,7 @@ async def _stream_out(request: web.Request, call: Call, stream: Reply) -> web.St
     headers.update(call.response_headers)
     headers["X-Request-Id"] = call.request_id
     if binding.response.raw:
-        return await _raw_stream_out(request, binding, stream, first, headers)
+        return await _raw_stream_out(request, call, stream, first, headers)
     sse = SSE in request.headers.get("Accept", "")
     response = web.StreamResponse(headers=headers)
     response.content_type = SSE if sse else NDJSON
@@ -168,20 +168,28 @@ async def _stream_out(request: web.Request, call: Call, stream: Reply) -> web.St
             value = binding.response.to_dict(message)
             await response.write(sse_event(value) if sse else ndjson_line("result", value))
             message = await stream.next()
-    except BridgeError as error:  # after the first byte the status can only go in the body
-        status = error.to_status()
-        await response.write(sse_event(status, "error") if sse else ndjson_line("error", status))
     except ConnectionResetError:
         return response  # the client left; the finally clause cancels the backend call
+    except Exception as exc:  # after the first byte the status can only go in the body
+        status = _stream_error(exc, call).to_status()
+        await response.write(sse_event(status, "error") if sse else ndjson_line("error", status))
     finally:
         stream.cancel()
     await response.write_eof()
     return response
 
 
+def _stream_error(exc: Exception, call: Call) -> BridgeError:
+    """The status a stream ends with once its headers went out: the error's, or INTERNAL for
+    a bug (logged once; the guard in front cannot answer a response already started)."""
+    if isinstance(exc, BridgeError):
+        return exc
+    return errors.internal(log, f"streaming {call.binding.method.full_name}", call.request_id)
+
+
 async def _raw_stream_out(
     request: web.Request,
-    binding: Binding,
+    call: Call,
     stream: Reply,
     first: Message | None,
     headers: dict[str, str],
@@ -193,7 +201,7 @@ async def _raw_stream_out(
     connection is closed without the final empty chunk, so that any HTTP client also sees the
     body as cut short instead of complete.
     """
-    plan = binding.response
+    plan = call.binding.response
     headers["Content-Type"] = plan.raw_body(first)[1] if first is not None else OCTET_STREAM
     response = web.StreamResponse(headers=headers)
     try:
@@ -204,12 +212,12 @@ async def _raw_stream_out(
             if data:
                 await response.write(data)
             message = await stream.next()
-    except BridgeError as error:
-        await response.write(ndjson_line("error", error.to_status()))
-        request.protocol.force_close()  # no terminating chunk: the body is incomplete
-        return response
     except ConnectionResetError:
         return response  # the client left; the finally clause cancels the backend call
+    except Exception as exc:
+        await response.write(ndjson_line("error", _stream_error(exc, call).to_status()))
+        request.protocol.force_close()  # no terminating chunk: the body is incomplete
+        return response
     finally:
         stream.cancel()
     await response.write_eof()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
@@ -163,3 +164,28 @@ async def test_registration_temp_folders_are_made_and_removed_off_the_event_loop
         assert resp.status in (200, 201), await resp.text()
     assert threads and threading.main_thread().name not in threads
     assert not list(tmp_path.glob("bridge-upload-*"))
+
+
+async def test_a_bug_in_the_middle_of_a_stream_ends_it_with_an_internal_line(
+    monkeypatch, start_bridge, users_server, echo_server, caplog
+):
+    """Once a stream's headers went out, the bug's INTERNAL status is its last NDJSON line."""
+    real_next = upstream_call.StreamReply.next
+    calls = 0
+
+    async def second_read_fails(self: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ZeroDivisionError("a bug")
+        return await real_next(self)
+
+    bridge = await start_bridge(demo_config(users_server, echo_server))
+    monkeypatch.setattr(upstream_call.StreamReply, "next", second_read_fails)
+    with caplog.at_level(logging.ERROR, "bridge"):
+        async with bridge.request("GET", "/v1/ticks?count=3", headers={"x-request-id": "s-1"}) as r:
+            assert r.status == 200
+            lines = [json.loads(line) for line in (await r.read()).splitlines()]
+    assert "result" in lines[0]
+    assert lines[-1]["error"]["code"] == 13 and "s-1" in lines[-1]["error"]["message"]
+    assert len([rec for rec in caplog.records if rec.exc_info is not None]) == 1

@@ -12,9 +12,11 @@ used. When every entry is trusted, the leftmost is the client (nginx does the sa
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
+
+from aiohttp import web
 
 # Hops read recently, with what they are: a proxy's peers and the addresses it writes repeat,
 # and parsing an address costs microseconds where a cache hit costs tens of nanoseconds.
@@ -102,3 +104,20 @@ def _parse(text: str) -> IPv4Address | IPv6Address | None:
 
 def _is_port(text: str) -> bool:
     return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
+
+
+# The client's address as the bridge believes it, for a transport's request.
+ClientAddress = Callable[[web.Request], "str | None"]
+
+
+def client_address(proxies: TrustedProxies) -> ClientAddress:
+    """The client address of a request: the peer, or what trusted proxies' X-Forwarded-For
+    says; with no trusted proxies, the peer at no cost."""
+    if not proxies.networks:
+        return lambda request: request.remote
+
+    def address(request: web.Request) -> str | None:
+        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+        return proxies.client_address(request.remote, forwarded)
+
+    return address

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -10,9 +10,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from bridge import errors
-from bridge.call import Principal
 from bridge.config import Settings
+from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
+from bridge.policy import Identify
 from bridge.registry import Registry
 from bridge.upstream.metadata import REQUEST_ID, request_metadata
 from bridge.ws.session import Peer, Session
@@ -23,10 +24,6 @@ ACCESS_TOKEN: Final = "access_token"  # the upgrade's query parameter for a bear
 AUTHORIZATION: Final = "Authorization"
 _GOING_AWAY: Final = 1001
 
-# The client's address as the bridge believes it, and who its credentials prove it is
-# (None: no credentials; a BridgeError 401 for bad ones).
-ClientAddress = Callable[[web.Request], "str | None"]
-Identify = Callable[[Mapping[str, str]], "Principal | None"]
 
 
 class WebSocketGateway:
