@@ -10,7 +10,11 @@ REST, the admin API, ``/ws`` upgrades and the health endpoints:
   aiohttp cannot parse with a Status JSON body and one DEBUG line;
 - `requests.RequestGate` refuses, before routing, an HTTP version other than 1.0/1.1 (505),
   a declared body over the route's limit (413, without ``100 Continue``) and an unknown
-  expectation (417); `requests.read_body` reads a body within ``limits.body_timeout``.
+  expectation (417); `requests.read_body` reads a body within ``limits.body_timeout``;
+- `cors.Cors` answers browser preflights for every route and marks responses to allowed
+  origins (installed by the app only when ``cors.allow_origins`` is set);
+- `proxies.TrustedProxies` decides the client's address (X-Forwarded-For only through
+  ``trusted_proxies``), which every transport puts in its call.
 """
 
 from __future__ import annotations
