@@ -56,9 +56,7 @@ def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
         _warm(s, rivals, connections)
         rows = s.unary_pair("small", connections, rivals)
     measured = iter(rows[2:])  # in TAGS order, without the unmeasured ones
-    rows = rows[:2] + [unmeasured.get(t) or next(measured) for t in TAGS]
-    _read_against_envoy(rows)
-    return rows
+    return rows[:2] + [unmeasured.get(t) or next(measured) for t in TAGS]
 
 
 class Skipped(Exception):
@@ -95,7 +93,7 @@ def _envoy_rival(s: Scenarios, stack: contextlib.ExitStack, plain: Answer) -> Ri
     facts = {"envoy_version": version, "envoy_concurrency": workers}
     measured = f"envoy {version} --concurrency {workers} (gRPC-JSON transcoder)"
     return Rival("envoy", url, s.scripts["small"], Meter(proxy, s.backend), measured=measured,
-                 note=ENVOY_NOTE.format(version=version, concurrency=workers),
+                 note=ENVOY_NOTE.format(version=version, concurrency=workers), yardstick=True,
                  facts=facts)  # fmt: skip
 
 
@@ -103,13 +101,3 @@ def _warm(s: Scenarios, rivals: Sequence[Rival], connections: int) -> None:
     """Unmeasured runs, as the bridge had in Scenarios.warm_up."""
     for rival in rivals:
         load.wrk(rival.url, rival.script, connections, s.plan.warmup)
-
-
-def _read_against_envoy(rows: list[Result]) -> None:
-    """Put each bridge row's rate as a share of Envoy's (same rounds, same seconds) on it."""
-    envoy_rps = next((r["rps"] for r in rows if r.get("envoy_version")), None)
-    if not envoy_rps:
-        return
-    for row in rows[1:]:
-        if row.get("rps") and not row.get("envoy_version"):
-            row["ratio_to_envoy"] = round(row["rps"] / envoy_rps, 3)

@@ -36,6 +36,8 @@ Result = dict[str, Any]
 SMALL: Final = "hello"
 LARGE: Final = "x" * 16384  # 16 KiB of ASCII text: 16,384 bytes in proto and in JSON alike
 CONCURRENCY: Final = 16
+DIRECT: Final = "direct"  # the keys of a unary pair's runs, beside its rivals' tags
+PLAIN: Final = "plain"
 WS_HANDSHAKES_AT_ONCE: Final = 200
 
 
@@ -59,6 +61,9 @@ class Usage:
     bridge: float
     backend: float
     loadgen: float  # the load tool, or the bench's own WebSocket client
+
+
+Rounds = list[tuple[LoadRun, Usage]]  # one load's measured runs, one per round
 
 
 class Meter:
@@ -103,6 +108,7 @@ class Rival:
     measured: str  # whose CPU the row's cpu_us_per_req is
     note: str  # the first note on its row
     against_plain: bool = False  # also a ratio_to_plain (and cost_pct) against the bridge
+    yardstick: bool = False  # the other REST rows get ratio_to_<tag>: their rate over its
     facts: dict[str, Any] = field(default_factory=dict)  # more keys for the row
 
 
@@ -166,13 +172,46 @@ class Scenarios:
         """
         message = SMALL if size == "small" else LARGE
         tag = "" if size == "small" else "_16k"
-        d = self.plan.duration
-        direct, rest = [], []
-        runs: dict[str, list[tuple[LoadRun, Usage]]] = {r.tag: [] for r in rivals}
+        runs, failed = self._alternate(size, connections, rivals)
+        base_name = f"direct_grpc_unary{tag}_c{connections}"
+        base = _load_result(base_name, *_combined(runs[DIRECT]), bridge=False, ratio=1.0)
+        self.baselines[base_name] = base
+        out = _against(f"rest_unary{tag}_c{connections}", runs[PLAIN], runs[DIRECT], base)
+        rows, measured = [base, out], {PLAIN: out}
+        for rival in rivals:
+            name = f"rest_unary_{rival.tag}{tag}_c{connections}"
+            if rival.tag in failed:
+                rows.append(not_measured(name, error=failed[rival.tag]))
+                continue
+            row = measured[rival.tag] = _against(name, runs[rival.tag], runs[DIRECT], base)
+            row.update(rival.facts, measured=rival.measured)
+            row["notes"].insert(0, rival.note)
+            if rival.against_plain:
+                _add_cost(row, runs[rival.tag], runs[PLAIN], out)
+            rows.append(row)
+        for rival in (r for r in rivals if r.yardstick and r.tag in measured):
+            for key, row in measured.items():
+                if key != rival.tag:
+                    row[f"ratio_to_{rival.tag}"] = _r(_median_ratio(runs[key], runs[rival.tag])[0])
+        for row in rows:
+            row.setdefault("message", _describe(message))
+        return rows
+
+    def _alternate(
+        self, size: str, connections: int, rivals: Sequence[Rival]
+    ) -> tuple[dict[str, Rounds], dict[str, str]]:
+        """``plan.rounds`` rounds of: direct, the plain bridge, each rival that has not failed.
+
+        The runs of each by its key (DIRECT, PLAIN, a rival's tag), and why rivals failed.
+        """
+        message, d = (SMALL if size == "small" else LARGE), self.plan.duration
+        runs: dict[str, Rounds] = {DIRECT: [], PLAIN: [], **{r.tag: [] for r in rivals}}
         failed: dict[str, str] = {}
         for _ in range(self.plan.rounds):
-            direct.append(self.meter.around(lambda: self.direct_unary(message, connections, d)))
-            rest.append(self.meter.around(lambda: self.rest_unary(size, connections, d)))
+            runs[DIRECT].append(
+                self.meter.around(lambda: self.direct_unary(message, connections, d))
+            )
+            runs[PLAIN].append(self.meter.around(lambda: self.rest_unary(size, connections, d)))
             for rival in (r for r in rivals if r.tag not in failed):
                 try:
                     runs[rival.tag].append(rival.meter.around(
@@ -180,25 +219,7 @@ class Scenarios:
                     ))  # fmt: skip
                 except BenchError as exc:
                     failed[rival.tag] = str(exc)
-        base_name = f"direct_grpc_unary{tag}_c{connections}"
-        base = _load_result(base_name, *_combined(direct), bridge=False, ratio=1.0)
-        base["message"] = _describe(message)
-        self.baselines[base_name] = base
-        out = _against(f"rest_unary{tag}_c{connections}", rest, direct, base)
-        out["message"] = _describe(message)
-        rows = [base, out]
-        for rival in rivals:
-            name = f"rest_unary_{rival.tag}{tag}_c{connections}"
-            if rival.tag in failed:
-                rows.append(not_measured(name, error=failed[rival.tag]))
-                continue
-            row = _against(name, runs[rival.tag], direct, base)
-            row.update(rival.facts, measured=rival.measured, message=_describe(message))
-            row["notes"].insert(0, rival.note)
-            if rival.against_plain:
-                _add_cost(row, runs[rival.tag], rest, out)
-            rows.append(row)
-        return rows
+        return runs, failed
 
     # --- WebSocket server streaming -----------------------------------------------------
 
@@ -357,7 +378,7 @@ class Scenarios:
         return result
 
 
-def _combined(rounds: list[tuple[LoadRun, Usage]]) -> tuple[LoadRun, Usage]:
+def _combined(rounds: Rounds) -> tuple[LoadRun, Usage]:
     """Several runs of one load as one: totals, and the median of their percentiles."""
     runs = [run for run, _ in rounds]
     first = runs[0]
@@ -376,16 +397,14 @@ def _combined(rounds: list[tuple[LoadRun, Usage]]) -> tuple[LoadRun, Usage]:
     return run, usage
 
 
-def _median_ratio(
-    runs: list[tuple[LoadRun, Usage]], bases: list[tuple[LoadRun, Usage]]
-) -> tuple[float | None, list[float]]:
+def _median_ratio(runs: Rounds, bases: Rounds) -> tuple[float | None, list[float]]:
     """The median of the rounds' rate ratios, and the ratios sorted."""
     ratios = sorted(r.rps / b.rps for (r, _), (b, _) in zip(runs, bases, strict=True) if b.rps)
     return (statistics.median(ratios) if ratios else None), ratios
 
 
 def _against(
-    name: str, runs: list[tuple[LoadRun, Usage]], direct: list[tuple[LoadRun, Usage]],
+    name: str, runs: Rounds, direct: Rounds,
     base: Result,
 ) -> Result:  # fmt: skip
     """A row of REST runs read against the direct runs of the same rounds."""
@@ -404,7 +423,7 @@ def _against(
 
 
 def _add_cost(
-    row: Result, runs: list[tuple[LoadRun, Usage]], plain: list[tuple[LoadRun, Usage]],
+    row: Result, runs: Rounds, plain: Rounds,
     plain_row: Result,
 ) -> None:  # fmt: skip
     """What the policies cost against the plain bridge of the same rounds: rate and CPU."""
