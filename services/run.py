@@ -55,9 +55,9 @@ printf 'hello, raw bytes' | curl -s --data-binary @- -H 'Content-Type: applicati
   {BRIDGE_URL}/v1/files/hello.bin
 # every call kind over one WebSocket, in the browser: open {BRIDGE_URL}/demo
 # a 429 after Echo's burst of 5, and a delete that needs a JWT with the users.admin scope
-for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {BRIDGE_URL}/v1/echo/hi; done; echo
-curl -s -X DELETE {BRIDGE_URL}/v1/users/2 -H "Authorization: Bearer \
-$(.venv/bin/python -m services.credentials token --scope users.admin)"
+for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {BRIDGE_URL}/v1/echo/hi; done
+echo; ADMIN=$(.venv/bin/python -m services.credentials token --scope users.admin)
+curl -s -X DELETE {BRIDGE_URL}/v1/users/2 -H "Authorization: Bearer $ADMIN"
 # the OpenAPI document of every route
 curl -s {BRIDGE_URL}/openapi.json | head -c 300; echo"""
 
