@@ -102,8 +102,12 @@ class WsCall:
             call.request = self._requests(first)
         reply = await call.binding.invoke(call)
         try:
-            if reply.initial:
-                headers = metadata_dict(reply.initial)
+            # The backend's headers, and what the policy steps added (x-cache,
+            # x-bridge-fallback, ratelimit-*), as lowercase metadata keys.
+            headers = metadata_dict(reply.initial)
+            for name, value in call.response_headers.items():
+                headers.setdefault(name.lower(), value)
+            if headers:
                 await self._send(frames.dumps({"id": self.id, "headers": headers}))
             while (message := await reply.next()) is not None:
                 value = self.binding.response.to_dict(message)
