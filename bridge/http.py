@@ -16,8 +16,9 @@ from bridge.errors import BridgeError, error_response
 from bridge.registry import Registry
 from bridge.registry.snapshot import Binding
 from bridge.routing import MatchKind
+from bridge.transcode.partial import Trim, response_trim, selection_text
 from bridge.transcode.request import decode_json
-from bridge.transcode.response import OCTET_STREAM, ndjson_line, sse_event
+from bridge.transcode.response import OCTET_STREAM, dumps, ndjson_line, sse_event
 from bridge.upstream.metadata import (
     parse_grpc_timeout,
     request_id,
@@ -69,6 +70,7 @@ class RestGateway:
         given = request.headers.get("grpc-timeout")
         timeout = None if given is None else parse_grpc_timeout(given)
         requests = await self._request(request, binding, params)
+        trim = _trim(request, binding)  # checked before the call: a bad selection is a 400
         call = Call(binding, requests, metadata, timeout, peer, HTTP, rid, request.headers)
         try:
             reply = await binding.invoke(call)
@@ -76,12 +78,12 @@ class RestGateway:
             error.headers.update(call.response_headers)  # RateLimit-* on refusals too
             raise
         if binding.method.server_streaming:
-            return await _stream_out(request, call, reply)
+            return await _stream_out(request, call, reply, trim)
         answer = await reply.next()
         assert answer is not None  # a unary reply is a stream of exactly one
         headers = response_headers(reply.initial, await reply.trailers())
         headers.update(call.response_headers)
-        return _json_reply(binding, answer, headers, rid)
+        return _json_reply(binding, answer, headers, rid, trim)
 
     async def _request(
         self, request: web.Request, binding: Binding, params: dict[tuple[str, ...], str]
@@ -117,15 +119,26 @@ async def _read_body(request: web.Request) -> bytes:
     return await read_body(request, request.client_max_size, "request body", "limits.max_body")
 
 
+def _trim(request: web.Request, binding: Binding) -> Trim | None:
+    """The client's ``fields`` selection for this route's reply; None (no cost) without one."""
+    query = request.query
+    text = selection_text(query, binding.request.selection_keys) if query else None
+    if not text:
+        return None  # absent or empty: the whole reply
+    return response_trim(binding.response, binding.method.output.DESCRIPTOR, text)
+
+
 def _json_reply(
-    binding: Binding, reply: Message, headers: dict[str, str], rid: str
+    binding: Binding, reply: Message, headers: dict[str, str], rid: str, trim: Trim | None
 ) -> web.Response:
-    """The reply as JSON, or as the raw bytes of an HttpBody reply."""
+    """The reply as JSON (trimmed to the selection), or the raw bytes of an HttpBody reply."""
     headers["X-Request-Id"] = rid
-    if binding.response.raw:
-        body, headers["Content-Type"] = binding.response.raw_body(reply)
+    plan = binding.response
+    if plan.raw:
+        body, headers["Content-Type"] = plan.raw_body(reply)
         return web.Response(body=body, headers=headers)
-    return web.Response(body=binding.response.to_json(reply), content_type=JSON, headers=headers)
+    body = plan.to_json(reply) if trim is None else dumps(trim.apply(plan.to_dict(reply)))
+    return web.Response(body=body, content_type=JSON, headers=headers)
 
 
 def _ndjson_messages(binding: Binding, body: bytes) -> list[Message]:
@@ -143,8 +156,10 @@ def _ndjson_messages(binding: Binding, body: bytes) -> list[Message]:
     return [plan.from_json(item, f"request message {i}") for i, item in enumerate(items)]
 
 
-async def _stream_out(request: web.Request, call: Call, stream: Reply) -> web.StreamResponse:
-    """Write each response message as it arrives, as NDJSON or Server-Sent Events."""
+async def _stream_out(
+    request: web.Request, call: Call, stream: Reply, trim: Trim | None
+) -> web.StreamResponse:
+    """Write each response message as it arrives (trimmed), as NDJSON or Server-Sent Events."""
     try:
         first = await stream.next()
     except BaseException:
@@ -166,6 +181,8 @@ async def _stream_out(request: web.Request, call: Call, stream: Reply) -> web.St
         message = first
         while message is not None:
             value = binding.response.to_dict(message)
+            if trim is not None:
+                value = trim.apply(value)
             await response.write(sse_event(value) if sse else ndjson_line("result", value))
             message = await stream.next()
     except ConnectionResetError:

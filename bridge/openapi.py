@@ -282,6 +282,8 @@ def _operation(
     }
     parameters = [_path_parameter(p, binding, schemas) for p in path_params]
     parameters += _query_parameters(binding, schemas)
+    if not binding.response.raw:  # raw HttpBody replies have no fields to select
+        parameters.append(fields_parameter(binding.request.selection_keys[0]))
     if parameters:
         operation["parameters"] = parameters
     body = _request_body(binding, schemas)
@@ -289,6 +291,18 @@ def _operation(
         operation["requestBody"] = body
     operation["responses"] = _responses(binding, schemas)
     return operation
+
+
+def fields_parameter(name: str = "fields") -> dict[str, Any]:
+    """The ``fields`` system parameter (bridge/transcode/partial.py) of a route answering JSON."""
+    about = (
+        "Google APIs' partial response: keep only these fields of the response, e.g. "
+        "`id,address(city),items/title` (`*` is every field of a level). A selection inside a "
+        "list or map applies to each element; a name that is not a field is a 400."
+    )
+    if name != "fields":
+        about += " Spelled `$fields` here: the request has a field called `fields`."
+    return {"name": name, "in": "query", "description": about, "schema": {"type": "string"}}
 
 
 def _path_parameter(param: _PathParam, binding: Binding, schemas: _Schemas) -> dict[str, Any]:

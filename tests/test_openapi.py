@@ -157,13 +157,14 @@ def test_list_users_query_parameters(doc):
 
 
 def test_fields_bound_by_path_or_body_are_not_query_parameters(doc):
-    assert params(op(doc, "/v1/users/{id}", "get"), "query") == {}
+    assert set(params(op(doc, "/v1/users/{id}", "get"), "query")) == {"fields"}  # selection
     create = op(doc, "/v1/users", "post")
-    assert set(params(create, "query")) == {"userId", "validateOnly"}
+    assert set(params(create, "query")) == {"userId", "validateOnly", "fields"}
     assert create["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/demo.users.v1.User"
     }
-    assert "parameters" not in op(doc, "/v1/echo", "post")  # body "*": nothing in the query
+    echo = op(doc, "/v1/echo", "post")  # body "*": nothing in the query but the selection
+    assert set(params(echo, "query")) == {"fields"}
 
 
 def test_query_parameters_stop_at_cycles_and_skip_maps_and_structs(doc):
@@ -178,7 +179,7 @@ def test_body_star_leaves_out_what_the_path_sets(doc):
     ban = op(doc, "/v1/users/{id}:ban", "post")
     body = ban["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == {"reason", "duration"}
-    assert params(ban, "query") == {}
+    assert set(params(ban, "query")) == {"fields"}  # the response's field selection only
 
 
 def test_body_field_leaves_out_what_the_path_sets(doc):
@@ -186,7 +187,7 @@ def test_body_field_leaves_out_what_the_path_sets(doc):
     body = patch["requestBody"]["content"]["application/json"]["schema"]
     assert "name" not in body["properties"]
     assert {"displayName", "email", "address"} <= set(body["properties"])
-    assert set(params(patch, "query")) == {"updateMask"}
+    assert set(params(patch, "query")) == {"updateMask", "fields"}
 
 
 def test_client_streaming_takes_ndjson(doc):

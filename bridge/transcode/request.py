@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from multidict import MultiMapping
 
 from bridge.errors import invalid_argument
-from bridge.transcode import json_text
+from bridge.transcode import json_text, partial
 from bridge.transcode.fields import (
     HTTP_BODY,
     FieldError,
@@ -27,6 +27,7 @@ from bridge.transcode.fields import (
     check_bytes,
     check_path_variable,
     dotted_name,
+    find_field,
     from_text,
     holds_bytes,
     is_http_body,
@@ -87,6 +88,9 @@ class RequestPlan:
     raw_body: tuple[str, ...] | None = None
     check_bytes: bool = True  # some bytes field is reachable: check base64 ourselves
     check_depth: bool = True  # the type can nest without bound: check the wire depth
+    # The query keys of the `fields` system parameter (partial.py), never bound to the message:
+    # only "$fields" when the message has a field called `fields`, which `fields=` then sets.
+    selection_keys: tuple[str, ...] = partial.KEYS
     _query_fields: dict[str, FieldPath] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -132,6 +136,7 @@ class RequestPlan:
             raw_body,
             reaches(descriptor, holds_bytes),
             is_recursive(descriptor),
+            partial.KEYS[1:] if find_field(descriptor, "fields") else partial.KEYS,
         )
 
     @property
@@ -256,6 +261,8 @@ class RequestPlan:
     def _bind_query(self, data: dict[str, Any], query: MultiMapping[str]) -> None:
         bound = self.bound
         for name in set(query.keys()):
+            if name in self.selection_keys:
+                continue  # a system parameter: it shapes the response, not the request
             path = self._query_field(name)
             names = tuple(f.name for f in path)
             if self.body == "*" or any(names[:i] in bound for i in range(1, len(names) + 1)):
