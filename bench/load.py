@@ -165,16 +165,20 @@ def _h2load_seconds(out: str, duration: int, starts: list[int], ends: list[int])
 
 
 def wrk_script(
-    workdir: Path, name: str, body: dict[str, object], headers: dict[str, str] | None = None
-) -> Path:
-    """A wrk Lua script that POSTs body as JSON, with headers added to every request."""
-    text = json.dumps(body, separators=(",", ":"))
-    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
+    workdir: Path, name: str, body: dict[str, object] | None,
+    headers: dict[str, str] | None = None,
+) -> Path:  # fmt: skip
+    """A wrk Lua script that POSTs body as JSON (or GETs, for None), with headers added."""
+    if body is None:
+        lines = ['wrk.method = "GET"']
+    else:
+        lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
     for key, value in (headers or {}).items():
         if not re.fullmatch(r"[A-Za-z0-9-]+", key):
             raise ValueError(f"not a header name for a wrk script: {key!r}")
         lines.append(f'wrk.headers["{key}"] = {_long_string(value)}')
-    lines.append(f"wrk.body = {_long_string(text)}")
+    if body is not None:
+        lines.append(f"wrk.body = {_long_string(json.dumps(body, separators=(',', ':')))}")
     path = workdir / f"{name}.lua"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -34,6 +34,11 @@ class BenchError(Exception):
     """The bench cannot go on (a process did not start, a tool failed): one readable line."""
 
 
+class Skipped(Exception):
+    """A scenario's subject is not there to measure (Envoy not installed, a config key this
+    version of Bridge refuses); the message says why."""
+
+
 def free_port() -> int:
     """A loopback TCP port that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -281,7 +286,16 @@ class Answer:
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
     """POST body to url (never through a proxy); an error status is an Answer too."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    return _send(urllib.request.Request(url, data=body, headers=headers, method="POST"))
+
+
+def get(url: str) -> Answer:
+    """GET url (never through a proxy); an error status is an Answer too."""
+    return _send(urllib.request.Request(url, method="GET"))
+
+
+def _send(request: urllib.request.Request) -> Answer:
+    url = request.full_url
     try:
         with _NO_PROXY.open(request, timeout=10) as response:
             return Answer(int(response.status), _lower(response.headers.items()),
@@ -289,7 +303,7 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
     except urllib.error.HTTPError as error:
         return Answer(error.code, _lower(error.headers.items()), error.read())
     except (urllib.error.URLError, OSError) as error:
-        raise BenchError(f"POST {url} failed: {error}") from None
+        raise BenchError(f"{request.get_method()} {url} failed: {error}") from None
 
 
 def _lower(items: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -1,11 +1,13 @@
-"""The unary pair at 16 connections with its rivals: the bridge with policies, and Envoy.
+"""The unary pair at 16 connections with its rivals: the bridge with policies, Envoy, and the
+bridges that cache and aggregate.
 
 SPEC section 9 reads the bridge against Envoy's gRPC-JSON transcoder and prices auth and rate
-limits against the plain bridge, both in the same rounds as the plain pair, so machine drift
-hits every row alike. Each rival is started here, checked to answer the bench call like the
-bridge does, warmed up, measured in the pair's rounds, and stopped. A rival that cannot run
-gets a row that says why: ``skipped`` when it is not there (Envoy not installed), ``error``
-when it is there and fails.
+limits, a cache hit and an aggregate of three calls against the plain bridge, all in the same
+rounds as the plain pair, so machine drift hits every row alike. Each rival is started here,
+checked to answer the bench call like the bridge does, warmed up, measured in the pair's
+rounds, and stopped. A rival that cannot run gets a row that says why: ``skipped`` when it is
+not there (Envoy not installed, a config key this Bridge refuses), ``error`` when it is there
+and fails.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import contextlib
 import json
 from collections.abc import Callable, Sequence
 
-from bench import envoy, load, policies
-from bench.processes import Answer, BenchError, post
+from bench import composition, envoy, load, policies
+from bench.processes import Answer, BenchError, Skipped, post
 from bench.scenarios import SMALL, Meter, Result, Rival, Scenarios, not_measured
 
 BODY = json.dumps({"message": SMALL}).encode()
 JSON = {"content-type": "application/json"}
 ENVOY_NOTE = "Envoy {version}, --concurrency {concurrency}"
-TAGS = ("policies", "jwt", "envoy")  # the rivals' rows, in order: rest_unary_<tag>_c<N>
+# The rivals' rows, in order: rest_unary_<tag>_c<N>.
+TAGS = ("policies", "jwt", "envoy", "cached", "aggregate3")
 
 
 def names(connections: int) -> list[str]:
@@ -39,6 +42,8 @@ def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
         lambda stack: _policy_rival(s, stack, policies.api_key_policy(), plain),
         lambda stack: _policy_rival(s, stack, policies.jwt_policy(), plain),
         lambda stack: _envoy_rival(s, stack, plain),
+        lambda stack: _composition_rival(s, stack, composition.cached(SMALL), plain),
+        lambda stack: _composition_rival(s, stack, composition.aggregate(SMALL), plain),
     ]
     with contextlib.ExitStack() as stack:
         rivals: list[Rival] = []
@@ -59,10 +64,6 @@ def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
     return rows[:2] + [unmeasured.get(t) or next(measured) for t in TAGS]
 
 
-class Skipped(Exception):
-    """The rival is not there to measure; the message says why."""
-
-
 def _policy_rival(
     s: Scenarios, stack: contextlib.ExitStack, policy: policies.Policy, plain: Answer
 ) -> Rival:
@@ -74,6 +75,20 @@ def _policy_rival(
     return Rival(policy.name, url, script, Meter(bridge, s.backend),
                  measured=f"bridge with {policy.describe}", note=policy.describe,
                  against_plain=True, facts={"policy": policy.describe})  # fmt: skip
+
+
+def _composition_rival(
+    s: Scenarios, stack: contextlib.ExitStack, comp: composition.Composition, plain: Answer
+) -> Rival:
+    bridge = composition.start(comp, s.workdir, s.backend.port, s.plan.workers)
+    stack.callback(bridge.stop)
+    url = f"http://127.0.0.1:{bridge.port}{comp.path}"
+    comp.check(url, plain)
+    body: dict[str, object] | None = None if comp.message is None else {"message": comp.message}
+    script = load.wrk_script(s.workdir, comp.name, body)
+    return Rival(comp.name, url, script, Meter(bridge, s.backend),
+                 measured=f"bridge with {comp.describe}", note=comp.describe,
+                 against_plain=comp.same_work, priced=comp.priced)  # fmt: skip
 
 
 def _envoy_rival(s: Scenarios, stack: contextlib.ExitStack, plain: Answer) -> Rival:

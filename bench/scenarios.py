@@ -110,6 +110,8 @@ class Rival:
     against_plain: bool = False  # also a ratio_to_plain (and cost_pct) against the bridge
     yardstick: bool = False  # the other REST rows get ratio_to_<tag>: their rate over its
     facts: dict[str, Any] = field(default_factory=dict)  # more keys for the row
+    # Adds the rival's own reading of its row against the plain bridge's row of the rounds.
+    priced: Callable[[Result, Result], None] | None = None
 
 
 def _per(seconds: float, count: int) -> float | None:
@@ -188,6 +190,8 @@ class Scenarios:
             row["notes"].insert(0, rival.note)
             if rival.against_plain:
                 _add_cost(row, runs[rival.tag], runs[PLAIN], out)
+            if rival.priced:
+                rival.priced(row, out)
             rows.append(row)
         for rival in (r for r in rivals if r.yardstick and r.tag in measured):
             for key, row in measured.items():

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import envoy, processes, report
+from bench import composition, envoy, processes, report
 from bench.load import parse_h2load, parse_wrk, percentile, wrk_script
 from bench.processes import BenchError
 from bench.scenarios import not_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_KEYS = {"scenario", "rps", "p50_ms", "p99_ms", "cpu_us_per_req", "ratio_to_direct"}
-RIVALS = ["rest_unary_policies_c16", "rest_unary_jwt_c16", "rest_unary_envoy_c16"]
+COMPOSED = ["rest_unary_cached_c16", "rest_unary_aggregate3_c16"]
+RIVALS = ["rest_unary_policies_c16", "rest_unary_jwt_c16", "rest_unary_envoy_c16", *COMPOSED]
 SCENARIOS = [
     "direct_grpc_unary_c16", "rest_unary_c16", *RIVALS, "reference_naive_hop_c16",
     "reference_grpc_aio_client_c16", "direct_grpc_unary_c1", "rest_unary_c1",
@@ -53,6 +54,7 @@ def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
     assert [r["scenario"] for r in results] == SCENARIOS
     by_name = {r["scenario"]: r for r in results}
     _check_rivals(by_name, run.stdout)
+    _check_composed(by_name, run.stdout)
     for r in results:
         assert SPEC_KEYS <= r.keys(), r
         if "skipped" in r:
@@ -105,6 +107,34 @@ def _check_rivals(by_name: dict[str, dict], stdout: str) -> None:
         assert proxy["envoy_concurrency"] == 1 and "--concurrency 1" in proxy["notes"][0], proxy
         assert proxy["notes"][0] == f"Envoy {proxy['envoy_version']}, --concurrency 1", proxy
         assert _number(by_name["rest_unary_c16"]["ratio_to_envoy"])
+
+
+def _check_composed(by_name: dict[str, dict], stdout: str) -> None:
+    """The cache and aggregate rows: priced against the plain bridge, or skipped as refused."""
+    plain = by_name["rest_unary_c16"]
+    for name in COMPOSED:
+        r = by_name[name]
+        if "skipped" in r:  # this Bridge refuses the key: the row says so, and the target line
+            assert r["skipped"].endswith(composition.NOT_SUPPORTED), r
+            assert f"skip  {name}: " in stdout and r["skipped"] in stdout, stdout
+            continue
+        assert r["plain"] == "rest_unary_c16" and r["measured"].startswith("bridge with "), r
+        assert any(f"{v}  {name}: " in stdout for v in ("PASS", "FAIL")), stdout
+    hits = by_name["rest_unary_cached_c16"]
+    if "skipped" not in hits:
+        assert hits["plain_cpu_us_per_req"] == plain["cpu_us_per_req"], hits
+        assert hits["cpu_ratio_to_plain"] == pytest.approx(
+            hits["cpu_us_per_req"] / plain["cpu_us_per_req"], abs=2e-3)  # fmt: skip
+        assert _number(hits["ratio_to_plain"]) and len(hits["plain_round_ratios"]) == 2, hits
+        # Hits never reach the backend: it spends next to nothing a request.
+        assert hits["backend_cpu_us_per_req"] < plain["backend_cpu_us_per_req"] / 2, hits
+    fan = by_name["rest_unary_aggregate3_c16"]
+    if "skipped" not in fan:
+        assert fan["calls_per_request"] == 3 and "ratio_to_plain" not in fan, fan
+        assert fan["direct_rest_cpu_us"] == pytest.approx(3 * plain["cpu_us_per_req"], abs=0.2)
+        assert fan["cpu_ratio_to_direct_rest"] == pytest.approx(
+            fan["cpu_us_per_req"] / fan["direct_rest_cpu_us"], abs=2e-3)  # fmt: skip
+        assert fan["backend_calls_per_s"] == pytest.approx(3 * fan["rps"], abs=0.5), fan
 
 
 WRK_OUTPUT = """\
@@ -170,6 +200,24 @@ def test_wrk_script_sends_headers_and_refuses_what_lua_cannot_hold(tmp_path: Pat
         wrk_script(tmp_path, "bad", {"message": "]==]"})
     with pytest.raises(ValueError):
         wrk_script(tmp_path, "bad", {}, {'x"y': "v"})
+    get = wrk_script(tmp_path, "get", None).read_text()  # the aggregate's GET: no body
+    assert 'wrk.method = "GET"' in get and "wrk.body" not in get and "Content-Type" not in get
+
+
+@pytest.mark.parametrize(
+    ("log", "reason"),
+    [
+        pytest.param("bridge: /tmp/b/bridge-cached.yaml: cache: not supported by this version "
+                     "of Bridge", "cache: not supported by this version of Bridge", id="key"),
+        pytest.param("starting\nbridge: /tmp/x.yaml: aggregates: 0: calls: not supported by this"
+                     " version of Bridge\n", "aggregates: 0: calls: not supported by this "
+                     "version of Bridge", id="nested-key"),
+        pytest.param("bridge: /tmp/x.yaml: cache: 0: ttl: required", None, id="other-error"),
+    ],
+)  # fmt: skip
+def test_a_refused_config_key_is_a_skip_reason(log: str, reason: str | None) -> None:
+    """Only a key this Bridge does not support skips a row; any other start failure errs."""
+    assert composition.refusal(log) == reason
 
 
 def test_without_envoy_the_reason_is_named(monkeypatch) -> None:
@@ -200,3 +248,33 @@ def test_the_policy_budget_is_15_percent(row: dict, verdict: str) -> None:
     assert line.split()[0] == verdict and "cost <= 15%" in line, line
     if verdict == "skip":
         assert "not run: not built" in line
+
+
+def _composed_row(name: str, **values: object) -> dict:
+    return {**not_measured(name), "rps": 900.0, "cpu_us_per_req": 400.0, "plain": "rest_unary_c16",
+            "plain_cpu_us_per_req": 700.0, "direct_rest_cpu_us": 2100.0, "calls_per_request": 3,
+            **values}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("row", "verdict"),
+    [
+        pytest.param(_composed_row("rest_unary_cached_c16", cpu_ratio_to_plain=0.57), "PASS",
+                     id="hit-at-0.57-passes"),
+        pytest.param(_composed_row("rest_unary_cached_c16", cpu_ratio_to_plain=0.8), "FAIL",
+                     id="hit-at-0.8-fails"),
+        pytest.param(_composed_row("rest_unary_aggregate3_c16", cpu_ratio_to_direct_rest=0.7),
+                     "PASS", id="aggregate-under-three-calls-passes"),
+        pytest.param(_composed_row("rest_unary_aggregate3_c16", cpu_ratio_to_direct_rest=1.2),
+                     "FAIL", id="aggregate-over-three-calls-fails"),
+        pytest.param(not_measured("rest_unary_cached_c16", skipped="cache: not supported"),
+                     "skip", id="cache-skipped-says-why"),
+        pytest.param(not_measured("rest_unary_aggregate3_c16", error="boom"), "FAIL",
+                     id="aggregate-failed-fails"),
+    ],
+)  # fmt: skip
+def test_the_composition_targets(row: dict, verdict: str) -> None:
+    """A hit at most 0.6 of a plain call's CPU; an aggregate under its three REST calls."""
+    (line,) = [x for x in report.check_targets([row]) if row["scenario"] in x]
+    assert line.split()[0] == verdict, line
+    assert ("well under a backend call" if "cached" in row["scenario"] else "3 REST calls") in line
