@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from bridge.call import HTTP, Call, Principal
+from bridge.config import UpstreamSettings
 from bridge.policy import compose
 from bridge.upstream import call as upstream_call
+from bridge.upstream import pool
 from tests.conftest import Bridge, demo_config
 from tests.ws_client import connect, messages, status
 
@@ -118,10 +120,8 @@ async def test_the_subject_goes_to_the_backend_only_from_the_principal():
     class Upstreams(dict):
         pass
 
-    class Fake:
-        timeout = 5.0
-
-        def stub(self, method: Any) -> Any:
+    class Fake(pool.Upstream):
+        def stub(self, method: Any, target: Any) -> Any:
             return Stub()
 
     class Method:
@@ -138,7 +138,8 @@ async def test_the_subject_goes_to_the_backend_only_from_the_principal():
     call.metadata = [("x-request-id", "rid")]
     call.principal = Principal("alice", "jwt")
     with pytest.raises(RuntimeError):
-        await upstream_call.Upstream(Upstreams(u=Fake()))(call)  # type: ignore[arg-type]
+        fake = Fake(UpstreamSettings(name="u", targets=("127.0.0.1:1",)))
+        await upstream_call.Upstream(Upstreams(u=fake))(call)  # type: ignore[arg-type]
     assert sent["metadata"] == [("x-request-id", "rid"), ("x-bridge-subject", "alice")]
     assert call.metadata == [("x-request-id", "rid")]
 

@@ -400,16 +400,16 @@ ERROR_CASES = [
         id="services-without-upstreams",
     ),
     pytest.param(
-        "cache:\n  rules: []\n",
+        "cache:\n  rules: []\n  store: redis://cache:6379\n",
         {},
-        ["cache: not supported by this version of Bridge"],
-        id="unsupported-section",
+        ["cache.store: a Redis store is not supported by this version of Bridge"],
+        id="cache-redis-store",
     ),
     pytest.param(
-        "fallbacks: {}\nstatic: {}\n",
+        "fallbacks:\n  - {match: '*', on: [unavailable], response: {}}\n",
         {},
-        ["fallbacks: not supported by this version of Bridge"],
-        id="unsupported-section-fallbacks",
+        ["fallbacks[0].on[0]: 'unavailable' is not", "did you mean 'UNAVAILABLE'?"],
+        id="fallback-code-name",
     ),
     pytest.param(
         "aggregates: []\n",
@@ -418,10 +418,10 @@ ERROR_CASES = [
         id="unsupported-section-aggregates",
     ),
     pytest.param(
-        "upstreams:\n  c:\n    targets: [h:1]\n    retries: {attempts: 3}\n",
+        "upstreams:\n  c:\n    targets: [h:1]\n    retries: {attempts: 0}\n",
         {},
-        ["upstreams.c.retries: not supported by this version of Bridge"],
-        id="unsupported-upstream-key",
+        ["upstreams.c.retries.attempts: must be more than zero, got 0"],
+        id="upstream-retries-attempts",
     ),
     pytest.param(
         "upstreams:\n  c:\n    targets: [h:1]\n    health_chek: {}\n",

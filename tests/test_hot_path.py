@@ -111,8 +111,8 @@ async def test_the_counts_catch_work_moved_onto_the_request_path(
     """Without its cache, Upstream.stub builds a multicallable per request, and it shows."""
     await _rest_requests(demo)
 
-    def uncached_stub(self: pool.Upstream, method: Any) -> Any:
-        return pool._make_stub(self.channels[0], method)
+    def uncached_stub(self: pool.Upstream, method: Any, target: Any) -> Any:
+        return pool._make_stub(target.channel, method)
 
     monkeypatch.setattr(pool.Upstream, "stub", uncached_stub)
     counts = prepared_calls()

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Final
 
+import grpc
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
 
 from bridge.config.values import (
@@ -24,6 +25,7 @@ from bridge.config.values import (
     kind,
     listed,
     text,
+    unique,
     written,
 )
 
@@ -33,6 +35,8 @@ REDIS_STORE: Final = (
     "a Redis store is not supported by this version of Bridge (section 10); use a folder"
 )
 _REDIS: Final = ("redis://", "rediss://")
+# The codes a failed call can end with (OK is no failure), as the config writes them.
+STATUS_CODES: Final = tuple(c.name for c in grpc.StatusCode if c != grpc.StatusCode.OK)
 
 
 def resolved(path: Path, info: ValidationInfo) -> Path:
@@ -80,6 +84,13 @@ def _target(value: Any) -> str:
     return target
 
 
+def _status_code(value: Any) -> str:
+    code = text(value, "a gRPC status code").upper()
+    if code not in STATUS_CODES:
+        raise Problem(f"{value!r} is not a gRPC status code (one of {', '.join(STATUS_CODES)})")
+    return code
+
+
 def _targets(value: Any) -> tuple[str, ...]:
     targets = listed(_target, "host:port")(value)
     if not targets:
@@ -100,6 +111,11 @@ FilePath = Annotated[
     WithJsonSchema({"type": "string"}),
 ]
 Targets = Annotated[tuple[str, ...], BeforeValidator(_targets), WithJsonSchema(STRINGS)]
+StatusCodes = Annotated[
+    tuple[str, ...],
+    BeforeValidator(unique(listed(_status_code, "gRPC status codes"))),
+    WithJsonSchema({"type": "array", "items": {"enum": list(STATUS_CODES)}}),
+]
 
 
 class AdminSection(Section):
@@ -124,14 +140,34 @@ class ProtosSection(Section):
     """Folder where runtime registrations persist."""
 
 
+class RetrySettings(Section):
+    """Retries of calls that are safe to repeat (a `get` rule, or an `idempotency_level` of
+    `NO_SIDE_EFFECTS` or `IDEMPOTENT`), within the call's deadline."""
+
+    attempts: Count = 3
+    """Tries in all, the first included."""
+    on: StatusCodes = ("UNAVAILABLE",)
+    """The status codes that make a safe call try again."""
+    backoff: PositiveDuration = written("50ms")
+    """Wait before the first retry, doubled for each further one, each jittered by +-50%."""
+
+
+class BreakerSettings(Section):
+    """A circuit breaker per target: it counts UNAVAILABLE, DEADLINE_EXCEEDED and connect
+    failures."""
+
+    failures: Count = 5
+    """Consecutive failures that open the circuit: the target leaves the rotation."""
+    reset: PositiveDuration = written("10s")
+    """How long an open circuit waits before one trial call closes or reopens it."""
+
+
 class UpstreamSection(Section):
     """One named group of gRPC backends, load-balanced, and how calls to it are made."""
 
-    _unsupported = frozenset({"retries", "circuit_breaker", "health_check"})
-
     targets: Targets
     """`host:port`, `[v6addr]:port` or `unix:/path` of each backend; several are used
-    round-robin, one long-lived channel each."""
+    round-robin (healthy, circuit-closed ones only), one long-lived channel each."""
     timeout: PositiveDuration = DEFAULT_TIMEOUT
     """Deadline of unary and client-streaming calls when the client sends none, and the cap on
     the `grpc-timeout` it sends."""
@@ -139,6 +175,14 @@ class UpstreamSection(Section):
     """TLS to the backends, with the system roots."""
     reflection: Bool = False
     """Discover services through gRPC server reflection."""
+    retries: RetrySettings | None = None
+    """Retries of safe calls on the listed codes; unset, only calls that never reached a
+    backend are tried again (on another target)."""
+    circuit_breaker: BreakerSettings | None = None
+    """A circuit breaker per target; unset, targets are never taken out for failing calls."""
+    health_check: Bool = False
+    """Watch each target with grpc.health.v1 (`Watch`); one not SERVING leaves the rotation
+    until it is again."""
 
 
 class UpstreamSettings(UpstreamSection):

@@ -53,6 +53,9 @@ class Method:
     server_streaming: bool
     upstream: str
     source: str  # the proto set (include or registration name) that defined it
+    # Safe to repeat after it reached a backend (SPEC 7): a `get` rule, or an idempotency_level
+    # of NO_SIDE_EFFECTS or IDEMPOTENT. Only such calls are retried on the `retries` codes.
+    safe: bool = False
 
     @property
     def full_name(self) -> str:
@@ -267,7 +270,22 @@ def _method(
         server_streaming=proto.server_streaming,
         upstream=upstream,
         source=source,
+        safe=_safe(proto),
     )
+
+
+_REPEATABLE: Final = frozenset(
+    {
+        descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
+        descriptor_pb2.MethodOptions.IDEMPOTENT,
+    }
+)
+
+
+def _safe(proto: descriptor_pb2.MethodDescriptorProto) -> bool:
+    if proto.options.idempotency_level in _REPEATABLE:
+        return True
+    return any(rule.WhichOneof("pattern") == "get" for rule in http_rules(proto))
 
 
 def http_rules(proto: descriptor_pb2.MethodDescriptorProto) -> list[http_pb2.HttpRule]:

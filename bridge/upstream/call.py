@@ -9,17 +9,25 @@ Backend failures become `BridgeError`s in this module only.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 
+from bridge import errors
 from bridge.call import Call, Reply
 from bridge.errors import BridgeError
 from bridge.transcode.response import error_from_status
+from bridge.upstream.balancer import Target as PoolTarget
 from bridge.upstream.metadata import SUBJECT, Metadata, response_headers
+from bridge.upstream.pool import Upstream as PoolUpstream
 from bridge.upstream.pool import Upstreams
+from bridge.upstream.retry import TARGET_FAILURES, never_reached
+
+if TYPE_CHECKING:
+    from bridge.registry.snapshot import Method
 
 
 def deadline(requested: float | None, cap: float, streaming: bool) -> float | None:
@@ -39,7 +47,8 @@ def rpc_error(exc: grpc.aio.AioRpcError, pool: DescriptorPool | None) -> BridgeE
 
 
 class Upstream:
-    """``invoke`` at the end of every chain: the call made on one of its upstream's targets."""
+    """``invoke`` at the end of every chain: the call made on one of its upstream's targets,
+    and made again on another when SPEC 7 allows (see `bridge.upstream.retry`)."""
 
     def __init__(self, upstreams: Upstreams) -> None:
         self.upstreams = upstreams
@@ -51,19 +60,114 @@ class Upstream:
         metadata = call.metadata
         if call.principal is not None:  # never from the client: the metadata rule drops it
             metadata = [*metadata, (SUBJECT, call.principal.subject)]
-        pool = call.binding.request.pool
-        grpc_call = upstream.stub(method)(call.request, timeout=timeout, metadata=metadata)
-        try:
-            if method.server_streaming:
-                return StreamReply(grpc_call, pool, list(await grpc_call.initial_metadata()))
+        started = time.monotonic()
+        target: PoolTarget | None = None
+        tries = transparent = 0
+        while True:
+            target = upstream.balancer.pick(avoid=target)
+            if target is None:
+                raise BridgeError(
+                    errors.UNAVAILABLE,
+                    f"upstream '{upstream.name}': no target in the rotation"
+                    f" ({upstream.balancer.out()})",
+                )
+            left = timeout
+            if timeout is not None and (tries or transparent):
+                left = timeout - (time.monotonic() - started)
+            try:
+                reply = await _attempt(upstream, target, call, method, left, metadata, tries)
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details()
+                if code in TARGET_FAILURES:
+                    target.failed()
+                else:
+                    target.succeeded()  # it answered: the target is up
+                unsent = never_reached(code, details)
+                if unsent and _replayable(method) and transparent < len(upstream.targets) - 1:
+                    transparent += 1  # transparent retry: at once, on another target
+                    continue
+                tries += 1
+                wait = _retry_wait(upstream, method, code, tries, left)
+                if wait is None:
+                    if unsent:
+                        raise BridgeError(
+                            errors.UNAVAILABLE,
+                            f"upstream '{upstream.name}': no target reachable ({details})",
+                        ) from None
+                    raise rpc_error(exc, call.binding.request.pool) from None
+                await asyncio.sleep(wait)
+                continue
+            except BaseException:
+                target.abandoned()
+                raise
+            target.succeeded()
+            return reply
+
+
+async def _attempt(
+    upstream: PoolUpstream,
+    target: PoolTarget,
+    call: Call,
+    method: Method,
+    timeout: float | None,
+    metadata: Metadata,
+    tries: int,
+) -> Reply:
+    """One try on one target; a failure before the answer (or the stream's start) is raised."""
+    pool = call.binding.request.pool
+    grpc_call = upstream.stub(method, target)(call.request, timeout=timeout, metadata=metadata)
+    try:
+        if not method.server_streaming:
             message = await grpc_call
             initial = await grpc_call.initial_metadata()
             return UnaryReply(message, list(initial), list(await grpc_call.trailing_metadata()))
-        except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc, pool) from None
-        except asyncio.CancelledError:
-            grpc_call.cancel()  # the client went away: the backend must see it too
-            raise
+        initial = await grpc_call.initial_metadata()
+        first = None
+        if _retry_allowed(upstream, method, None, tries + 2):
+            # A stream can be retried until its first message: wait for it here, so that a
+            # failure before it is still this attempt's.
+            first = await grpc_call.read()
+        elif grpc_call.done() and never_reached(await grpc_call.code(), await grpc_call.details()):
+            await grpc_call.read()  # raises the failure, to be retried on another target
+        return StreamReply(grpc_call, pool, list(initial), first)
+    except asyncio.CancelledError:
+        grpc_call.cancel()  # the client went away: the backend must see it too
+        raise
+
+
+def _replayable(method: Method) -> bool:
+    """Whether the request can be sent again: a request stream was consumed by the first try."""
+    return not method.client_streaming
+
+
+def _retry_allowed(
+    upstream: PoolUpstream, method: Method, code: grpc.StatusCode | None, tries: int
+) -> bool:
+    """Whether `retries` lets a failed call of ``method`` make try number ``tries``."""
+    policy = upstream.retry
+    return (
+        policy is not None
+        and method.safe
+        and _replayable(method)
+        and tries <= policy.attempts
+        and (code is None or code in policy.codes)
+    )
+
+
+def _retry_wait(
+    upstream: PoolUpstream,
+    method: Method,
+    code: grpc.StatusCode,
+    tries: int,
+    left: float | None,
+) -> float | None:
+    """The backoff before try ``tries + 1``, or None when there is none (not allowed, or it
+    would start past the call's deadline)."""
+    if not _retry_allowed(upstream, method, code, tries + 1):
+        return None
+    assert upstream.retry is not None
+    wait = upstream.retry.delay(tries)
+    return None if left is not None and wait >= left else wait
 
 
 class UnaryReply:
@@ -90,18 +194,23 @@ class UnaryReply:
 class StreamReply:
     """A server stream, read one message at a time."""
 
-    __slots__ = ("_call", "_pool", "initial")
+    __slots__ = ("_call", "_first", "_pool", "initial")
 
-    def __init__(self, call: Any, pool: DescriptorPool, initial: Metadata) -> None:
+    def __init__(
+        self, call: Any, pool: DescriptorPool, initial: Metadata, first: Any = None
+    ) -> None:
         self._call = call
         self._pool = pool
         self.initial = initial
+        self._first = first  # read already (to retry before it), or None
 
     async def next(self) -> Message | None:
-        try:
-            message = await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc, self._pool) from None
+        message, self._first = self._first, None
+        if message is None:
+            try:
+                message = await self._call.read()
+            except grpc.aio.AioRpcError as exc:
+                raise rpc_error(exc, self._pool) from None
         if message is grpc.aio.EOF:
             code = await self._call.code()
             if code != grpc.StatusCode.OK:

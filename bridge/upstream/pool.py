@@ -1,9 +1,9 @@
-"""Upstreams: one long-lived gRPC channel per target, round-robin, and generic stubs by method."""
+"""Upstreams: one long-lived gRPC channel per target, their balancer, health and breakers, and
+generic stubs by method."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
@@ -12,6 +12,10 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from bridge.config import UpstreamSettings
+from bridge.upstream.balancer import Balancer, Target
+from bridge.upstream.breaker import Breaker
+from bridge.upstream.health import watch
+from bridge.upstream.retry import RetryPolicy
 
 # How long one connection attempt (TCP, TLS, the server's HTTP/2 SETTINGS) may take.
 CONNECT_TIMEOUT_MS: Final = 20_000
@@ -49,18 +53,36 @@ class Upstream:
         self.settings = settings
         self.name = settings.name
         self.timeout = settings.timeout
-        self.channels = [_open_channel(t, settings.tls) for t in settings.targets]
-        self._next = itertools.cycle(range(len(self.channels)))
-        self._stubs: weakref.WeakKeyDictionary[Any, list[Callable[..., Any]]] = (
+        breaker = settings.circuit_breaker
+        self.targets = [
+            Target(
+                address,
+                _open_channel(address, settings.tls),
+                Breaker(breaker.failures, breaker.reset) if breaker else None,
+            )
+            for address in settings.targets
+        ]
+        self.channels = [target.channel for target in self.targets]
+        self.balancer = Balancer(self.targets)
+        self.retry = RetryPolicy.of(settings.retries)
+        self._stubs: weakref.WeakKeyDictionary[Any, dict[Target, Callable[..., Any]]] = (
             weakref.WeakKeyDictionary()
         )
+        self._watches: list[asyncio.Task[None]] = []
 
-    def stub(self, method: Any) -> Callable[..., Any]:
-        """A multicallable for ``method`` on the next channel (built once per method/channel)."""
+    def stub(self, method: Any, target: Target) -> Callable[..., Any]:
+        """A multicallable for ``method`` on ``target`` (built once per method and target)."""
         stubs = self._stubs.get(method)
         if stubs is None:
-            stubs = self._stubs[method] = [_make_stub(ch, method) for ch in self.channels]
-        return stubs[next(self._next)]
+            stubs = self._stubs[method] = {t: _make_stub(t.channel, method) for t in self.targets}
+        return stubs[target]
+
+    def start(self) -> None:
+        """Start watching the targets' health, when the upstream asks for it."""
+        if self.settings.health_check and not self._watches:
+            self._watches = [
+                asyncio.create_task(watch(target, self.name)) for target in self.targets
+            ]
 
     async def check(self, timeout: float = 1.0) -> dict[str, Any]:
         """Whether every target answers: grpc.health.v1 where offered, else any reply counts."""
@@ -86,6 +108,9 @@ class Upstream:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     async def close(self) -> None:
+        for task in self._watches:
+            task.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
         await asyncio.gather(*(ch.close() for ch in self.channels))
 
 
@@ -111,6 +136,13 @@ class Upstreams(Mapping[str, Upstream]):
         self._by_name = {s.name: Upstream(s) for s in settings}
         # Replaced or removed upstreams, still open for the calls they have in flight.
         self._retiring: dict[Upstream, asyncio.Task[None]] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        """Start the background work (health watches); upstreams added later start at once."""
+        self._started = True
+        for upstream in self._by_name.values():
+            upstream.start()
 
     def replace(self, settings: UpstreamSettings) -> Upstream:
         """Add or replace an upstream; a replaced one closes once its calls had time to end."""
@@ -118,6 +150,8 @@ class Upstreams(Mapping[str, Upstream]):
         if old is not None and old.settings == settings:
             return old
         self._by_name[settings.name] = upstream = Upstream(settings)
+        if self._started:
+            upstream.start()
         if old is not None:
             self._retire(old)
         return upstream
