@@ -25,6 +25,10 @@ _ENV_REF: Final = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _ENV_INNER: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
+_BOOL: Final = "tag:yaml.org,2002:bool"
+_WORD_KEYS: Final = frozenset({"on", "off", "yes", "no"})
+
+
 class ConfigError(Exception):
     """A mistake in the configuration, told in one line: ``<file>: <key>: <problem>``."""
 
@@ -59,13 +63,17 @@ def settings_from_dict(
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key repeated in one mapping is an error."""
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error, and a key
+    written ``on``, ``off``, ``yes`` or ``no`` is that word (YAML 1.1 reads ``on:`` as true:
+    ``fallbacks[].on`` and ``retries.on`` are keys, and YAML 1.2 agrees)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *base` and then overriding a merged key is legitimate
+            if key_node.tag == _BOOL and key_node.value.lower() in _WORD_KEYS:
+                key_node.tag = "tag:yaml.org,2002:str"  # before it is built: built keys are kept
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float):
                 continue  # unhashable or exotic keys are rejected later as unknown keys

@@ -1,4 +1,5 @@
-"""The config file's gateway policies (SPEC section 6): auth, rate limits, proxies and CORS.
+"""The config file's gateway policies (SPEC sections 6 and 7): auth, rate limits, proxies, CORS,
+the response cache and fallbacks.
 
 Only their shape is checked here, with the cross-checks a file can fail on its own (a rule
 that requires a kind of credential nobody configured, an HS* algorithm without a secret);
@@ -26,10 +27,13 @@ from bridge.config.values import (
     Duration,
     HeaderName,
     HeaderNames,
+    PositiveDuration,
     Problem,
     Section,
+    Size,
     Text,
     describe,
+    header_name,
     kind,
     listed,
     or_env,
@@ -37,6 +41,7 @@ from bridge.config.values import (
     unique,
     written,
 )
+from bridge.errors import CODE_BY_NAME
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Require = Literal["none", "api_key", "jwt", "any"]
@@ -377,3 +382,101 @@ Networks = Annotated[
     BeforeValidator(unique(listed(_network, "addresses or networks"))),
     WithJsonSchema(STRINGS),
 ]
+
+
+VARY_SUBJECT: Final = "subject"
+VARY_HEADER: Final = "header:"
+_CODE_NAMES: Final = sorted(name for name in CODE_BY_NAME if name != "OK")
+
+
+def _vary(value: Any) -> str:
+    """``subject``, or ``header:<name>`` (the name lowercased)."""
+    part = text(value, "subject or header:<name>")
+    if part == VARY_SUBJECT:
+        return part
+    if part.lower().startswith(VARY_HEADER):
+        try:
+            return VARY_HEADER + header_name(part[len(VARY_HEADER) :])
+        except Problem as e:
+            raise Problem(f"{part!r}: {e}") from None
+    raise Problem(f"{part!r} is not subject or header:<name> (like header:x-tenant)")
+
+
+class CacheRule(Section):
+    """Answers of the unary methods matching a glob, kept for `ttl` and shared by the calls
+    whose request and `vary` parts are the same."""
+
+    match: MethodGlob
+    """A method glob (fnmatch), like `demo.catalog.v1.CatalogService/Get*`. Streaming methods
+    are never cached: a glob passes over them, a rule naming one exactly is an error."""
+    ttl: PositiveDuration
+    """How long an answer is served from the cache (`X-Cache: HIT`)."""
+    vary: Annotated[
+        tuple[str, ...], BeforeValidator(unique(listed(_vary, "vary parts"))),
+        WithJsonSchema(STRINGS),
+    ] = ()  # fmt: skip
+    """What else tells calls apart besides the method and request: `subject` (the
+    authenticated caller; anonymous calls share one entry) and `header:<name>` (a request
+    header's values). Without `subject`, every caller shares an entry: name it for any method
+    whose answer depends on who asks."""
+    stale_if_error: Duration = written("0s")
+    """How long after `ttl` an answer may still be served when the backend fails with
+    UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN or DATA_LOSS (`X-Cache: STALE`,
+    `X-Bridge-Fallback: true`)."""
+
+
+class CacheSettings(Section):
+    """The response cache (`cache`): a list of rules, or a mapping with `rules`, `store` and
+    the bounds."""
+
+    _bare_list = "rules"
+
+    rules: tuple[CacheRule, ...] = ()
+    """The first rule whose glob matches a unary method caches it; a method none matches is
+    not cached."""
+    store: Annotated[str, BeforeValidator(_memory_store)] = "memory"
+    """Where entries are kept: `memory`, in each process (a shared Redis store is not
+    supported by this version)."""
+    max_entries: Count = 10_000
+    """The most entries kept; past it, the least recently used goes."""
+    max_bytes: Size = written("64MiB")
+    """The most bytes of answers (message, metadata, key) kept; past it, the least recently
+    used go. An answer larger than this is not kept."""
+
+
+def _code_name(value: Any) -> str:
+    name = text(value, "a gRPC status code name")
+    if name in _CODE_NAMES:
+        return name
+    if name == "OK":
+        raise Problem("OK is not a failure: list the codes a fallback answers instead of")
+    close = [c for c in _CODE_NAMES if c == name.upper().replace("-", "_")]
+    hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(_CODE_NAMES)}"
+    raise Problem(f"{name!r} is not a gRPC status code name ({hint})")
+
+
+def _code_names(value: Any) -> tuple[str, ...]:
+    names = unique(listed(_code_name, "gRPC status code names"))(value)
+    if not names:
+        raise Problem("required: list at least one code, like UNAVAILABLE")
+    return names
+
+
+class FallbackRule(Section):
+    """The answer given instead of a failure, for the methods matching a glob."""
+
+    match: MethodGlob
+    """A method glob (fnmatch). Streaming methods get no fallback: a glob passes over them, a
+    rule naming one exactly is an error."""
+    on: Annotated[
+        tuple[str, ...], BeforeValidator(_code_names),
+        WithJsonSchema({"anyOf": [
+            {"type": "string", "enum": _CODE_NAMES},
+            {"type": "array", "items": {"type": "string", "enum": _CODE_NAMES}},
+        ]}),
+    ]  # fmt: skip
+    """The gRPC status codes (names, like UNAVAILABLE) that are answered with `response`;
+    other failures reach the client."""
+    response: dict[str, Any]
+    """The response message as JSON, as the method's REST route would answer it; checked
+    against each matching method's response type at start."""

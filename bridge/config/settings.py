@@ -21,7 +21,9 @@ from pydantic import model_validator as checks
 
 from bridge.config.policies import (
     AuthSettings,
+    CacheSettings,
     CorsSettings,
+    FallbackRule,
     Network,
     Networks,
     RateLimitRule,
@@ -75,7 +77,7 @@ class ConfigFile(Section):
     """
 
     model_config = ConfigDict(title="Bridge configuration")
-    _unsupported = frozenset({"cache", "fallbacks", "static", "aggregates"})
+    _unsupported = frozenset({"static", "aggregates"})
 
     listen: Annotated[
         tuple[str, int], BeforeValidator(_listen), WithJsonSchema({"type": "string"})
@@ -108,6 +110,11 @@ class ConfigFile(Section):
     trusted_proxies: Networks = ()
     """Addresses or networks (CIDR) of proxies whose `X-Forwarded-For` is believed; from any
     other peer it is ignored, so the `ip` rate-limit key cannot be forged."""
+    cache: CacheSettings = written({})
+    """Answers of unary methods kept and served again, by method glob."""
+    fallbacks: tuple[FallbackRule, ...] = ()
+    """Default answers for methods whose backend fails with the listed codes; the first rule
+    whose glob matches a method applies."""
 
     @checks(mode="after")
     def _services_name_upstreams(self) -> ConfigFile:
@@ -144,6 +151,8 @@ class Settings:
     auth: AuthSettings | None = None  # None: no `auth` section, every method is open
     rate_limits: tuple[RateLimitRule, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    fallbacks: tuple[FallbackRule, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.protos_store:
@@ -172,6 +181,8 @@ class Settings:
             auth=file.auth,
             rate_limits=file.rate_limits.rules,
             trusted_proxies=file.trusted_proxies,
+            cache=file.cache,
+            fallbacks=file.fallbacks,
         )
 
     def upstream_for(self, service: str) -> str | None:

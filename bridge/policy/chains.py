@@ -1,14 +1,26 @@
-"""Each method's chain, from the config's policy rules: auth, then rate limits, then upstream.
+"""Each method's chain, from the config's policy rules: auth, rate limits, fallback, cache,
+then the upstream.
 
 Auth comes first so that a rate limit keyed by ``api_key`` or ``subject`` counts a proven
-caller, not whatever a client claims. The policies are built once per application: every
-snapshot's chains share the same authenticator and buckets, so a registration neither
-forgets the counts nor reloads keys.
+caller, not whatever a client claims, and so that the cache keys entries by a proven subject
+and never answers a caller the method would refuse. Rate limits come before the cache, so a
+cached answer counts like any other.
+
+The cache answers before the fallback: a fresh entry answers without the backend, and when
+the backend fails, the cache's own fallback (``stale_if_error``: the last good answer) comes
+first. That is why the fallback step sits outside the cache step, wrapping it: it sees only
+the failures the cache let through, it answers them with the configured default, and the
+cache never sees (so never stores) a default answer.
+
+The policies are built once per application: every snapshot's chains share the same
+authenticator, buckets and cache entries, so a registration neither forgets the counts and
+entries nor reloads keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from bridge.call import Invoke, Step
@@ -16,10 +28,16 @@ from bridge.config import Settings
 from bridge.policy import Identify, compose
 from bridge.policy.auth import Authenticator
 from bridge.policy.buckets import MemoryBuckets
+from bridge.policy.cache import SUBJECT, Cache, StreamingRule
+from bridge.policy.cache_store import MemoryStore
+from bridge.policy.fallback import FallbackError, Fallbacks
 from bridge.policy.ratelimit import RateLimits
+from bridge.registry.snapshot import SnapshotError
 
 if TYPE_CHECKING:
     from bridge.registry.snapshot import Method
+
+log = logging.getLogger(__name__)
 
 
 class Policies:
@@ -33,6 +51,14 @@ class Policies:
         self.limits = (
             RateLimits(settings.rate_limits, MemoryBuckets()) if settings.rate_limits else None
         )
+        cache = settings.cache
+        self.cache = (
+            Cache(cache.rules, MemoryStore(cache.max_entries, cache.max_bytes))
+            if cache.rules
+            else None
+        )
+        self.fallbacks = Fallbacks(settings.fallbacks) if settings.fallbacks else None
+        self._shared_warned: set[str] = set()  # methods told about once (snapshots repeat)
 
     @property
     def identify(self) -> Identify | None:
@@ -50,7 +76,29 @@ class Policies:
             limit = self.limits.step(method.full_name)
             if limit is not None:
                 steps.append(limit)
+        try:
+            if self.fallbacks is not None and (fallback := self.fallbacks.step(method)):
+                steps.append(fallback)
+            if self.cache is not None and (cached := self.cache.step(method)):
+                self._warn_if_shared(method, cached.rule.vary)
+                steps.append(cached)
+        except (FallbackError, StreamingRule) as e:
+            raise SnapshotError(str(e)) from None
         return compose(steps, self.terminal)
+
+    def _warn_if_shared(self, method: Method, vary: Sequence[str]) -> None:
+        """Say once when a method that needs a credential caches one answer for all callers."""
+        if self.auth is None or SUBJECT in vary or method.full_name in self._shared_warned:
+            return
+        if self.auth.rule_for(method.full_name).require == "none":
+            return
+        self._shared_warned.add(method.full_name)
+        log.warning(
+            "cache: %s needs a credential but its rule's vary does not name subject: every "
+            "caller is answered from the same entries (add subject if answers depend on who "
+            "asks)",
+            method.full_name,
+        )
 
     async def running(self) -> AsyncIterator[None]:
         """What the policies run in the background (the JWKS watcher), for the app's life."""
