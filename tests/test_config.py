@@ -400,16 +400,16 @@ ERROR_CASES = [
         id="services-without-upstreams",
     ),
     pytest.param(
-        "cache:\n  rules: []\n",
+        "cache:\n  rules: []\n  store: redis://cache:6379\n",
         {},
-        ["cache: not supported by this version of Bridge"],
-        id="unsupported-section",
+        ["cache.store: a Redis store is not supported by this version of Bridge"],
+        id="cache-redis-store",
     ),
     pytest.param(
-        "fallbacks: {}\nstatic: {}\n",
+        "fallbacks:\n  - {match: '*', on: [unavailable], response: {}}\n",
         {},
-        ["fallbacks: not supported by this version of Bridge"],
-        id="unsupported-section-fallbacks",
+        ["fallbacks[0].on[0]: 'unavailable' is not", "did you mean 'UNAVAILABLE'?"],
+        id="fallback-code-name",
     ),
     pytest.param(
         "aggregates: []\n",

@@ -76,6 +76,12 @@ VALID = [
     pytest.param({"rate_limits": {"rules": [{"match": "*", "key": "ip", "rate": "${RATE}"}],
                                   "store": "memory"}}, id="rate-limits-mapping"),
     pytest.param({"trusted_proxies": ["10.0.0.0/8", "::1"]}, id="trusted-proxies"),
+    pytest.param({"cache": [{"match": "*", "ttl": "30s", "vary": ["subject", "header:x-t"],
+                             "stale_if_error": "5m"}]}, id="cache-list"),
+    pytest.param({"cache": {"rules": [{"match": "*", "ttl": 1}], "store": "memory",
+                            "max_entries": 10, "max_bytes": "1MiB"}}, id="cache-mapping"),
+    pytest.param({"fallbacks": [{"match": "*", "on": "UNAVAILABLE", "response": {"a": []}}]},
+                 id="fallbacks"),
     pytest.param({"admin": {"token": None}, "auth": None}, id="nulls"),
 ]  # fmt: skip
 ENV = {"T": "h:1", "D": "2s", "TLS": "true", "BODY": "1KiB", "CALLS": "3", "C": "false",
@@ -92,7 +98,9 @@ def test_what_the_loader_takes_the_schema_takes(data: dict[str, Any]) -> None:
     "data",
     [
         pytest.param({"lissten": "h:1"}, id="unknown-key"),
-        pytest.param({"cache": {}}, id="unsupported-section"),
+        pytest.param({"cache": [{"match": "*"}]}, id="cache-rule-without-ttl"),
+        pytest.param({"fallbacks": [{"match": "*", "on": ["unavailable"], "response": {}}]},
+                     id="fallback-code-name"),
         pytest.param(
             {"upstreams": {"u": {"targets": "h:1", "retries": {"on": ["OK"]}}}}, id="status-code"
         ),
