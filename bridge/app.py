@@ -16,6 +16,7 @@ from aiohttp.typedefs import Middleware
 
 from bridge import edge, errors
 from bridge.admin import AdminApi
+from bridge.compose import Composition
 from bridge.config import Settings
 from bridge.edge.cors import Cors, route_methods
 from bridge.edge.proxies import TrustedProxies, client_address
@@ -79,10 +80,12 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     upstreams = Upstreams(settings.upstreams.values())
     policies = Policies(settings, Upstream(upstreams))
     registry = await load_registry(settings, policies.chain, include)
+    composition = Composition.of(settings)
+    registry.admit = composition.admit  # a registration may not take a config route
     middlewares: list[Middleware] = [_guard]
     cors = None
     if settings.cors.allow_origins:  # without it, no CORS code runs at all
-        cors = Cors(settings.cors, route_methods(lambda: registry.snapshot.routes))
+        cors = Cors(settings.cors, route_methods(lambda: composition.table(registry.snapshot)))
         middlewares.append(cors.middleware)
     app = web.Application(client_max_size=settings.limits.max_body, middlewares=middlewares)
     if cors is not None:
@@ -97,12 +100,14 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
         forward_headers=frozenset(settings.forward_headers),
         max_metadata=settings.limits.max_metadata,
         client_address=address,
+        routes=composition.table,
     )
     sockets = WebSocketGateway(settings, registry, address, policies.identify)
     registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0])
     app[REGISTRAR] = registrar
     app.cleanup_ctx.append(lambda _: policies.running())
     app.cleanup_ctx.append(lambda _: _registrations(registrar))
+    app.on_startup.append(lambda _: _composed(composition, registry))
     if settings.admin_token:
         AdminApi(settings.admin_token, registrar, settings.limits.admin_max_body).add_routes(
             app.router
@@ -119,6 +124,11 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     app.on_startup.append(lambda app: app[UPSTREAMS].start())
     app.on_cleanup.append(_close_upstreams)
     return app
+
+
+async def _composed(composition: Composition, registry: Registry) -> None:
+    """Check the aggregates against the methods served once registrations are restored."""
+    composition.check(registry.snapshot)
 
 
 async def _registrations(registrar: Registrar) -> AsyncIterator[None]:
@@ -200,7 +210,11 @@ async def start(
         max_field_size=field_size,
         max_line_size=field_size,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:  # a start-up check failed: close what had started already
+        await runner.cleanup()
+        raise
     # A deep accept queue: browsers open many WebSockets at once, and aiohttp's default of 128
     # overflows, leaving clients to retry their SYN a second later.
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=4096)

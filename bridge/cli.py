@@ -92,12 +92,17 @@ async def _no_calls(call: Any) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from bridge.compose import Composition
     from bridge.policy.chains import Policies
 
     settings = _settings(args.config)
     with _proto_errors(settings):
         Policies(settings, _no_calls)  # reads what the policies need (the JWKS file)
     registry = asyncio.run(_load(settings))
+    composition = Composition.of(settings)
+    _check_composition(settings, composition, registry)
+    for line in composition.describe():
+        print(line)
     for route in registry.snapshot.routes.routes:
         method = route.target.method
         print(
@@ -110,6 +115,19 @@ def _check(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _check_composition(settings: Settings, composition: Any, registry: Registry) -> None:
+    """The aggregates checked against protos.include; a method only reflection or a
+    registration can bring is a warning here (serve checks it once they are loaded)."""
+    runtime = settings.admin_token is not None or any(
+        u.reflection for u in settings.upstreams.values()
+    )
+    unserved: list[str] | None = [] if runtime else None
+    with _proto_errors(settings):
+        composition.check(registry.snapshot, unserved)
+    for line in unserved or ():
+        print(f"warning: {line} (not in protos.include; checked again at serve)", file=sys.stderr)
 
 
 def _openapi(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
@@ -10,12 +11,13 @@ from google.protobuf.message import Message
 
 from bridge import errors
 from bridge.call import HTTP, Call, Reply
+from bridge.compose import AggregateRoute, Parent, StaticAnswer
 from bridge.edge import read_body
 from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
 from bridge.registry import Registry
-from bridge.registry.snapshot import Binding
-from bridge.routing import MatchKind
+from bridge.registry.snapshot import Binding, Snapshot
+from bridge.routing import MatchKind, RouteTable
 from bridge.transcode.partial import Trim, response_trim, selection_text
 from bridge.transcode.request import decode_json
 from bridge.transcode.response import OCTET_STREAM, dumps, ndjson_line, sse_event
@@ -31,6 +33,8 @@ NDJSON: Final = "application/x-ndjson"
 SSE: Final = "text/event-stream"
 log = logging.getLogger("bridge.http")
 RID: Final = web.RequestKey("request_id", str)  # the call's x-request-id, for the guard's log
+Target = Binding | AggregateRoute | StaticAnswer  # what a matched route serves
+Params = dict[tuple[str, ...], str]
 
 
 
@@ -44,8 +48,11 @@ class RestGateway:
         forward_headers: frozenset[str],
         max_metadata: int,
         client_address: ClientAddress,
+        routes: Callable[[Snapshot], RouteTable] | None = None,
     ) -> None:
         self.registry = registry
+        # The table requests are matched in: the snapshot's, or with the config's routes too.
+        self.routes = routes or (lambda snapshot: snapshot.routes)
         self.forward_headers = forward_headers
         self.max_metadata = max_metadata
         self.client_address = client_address
@@ -58,7 +65,10 @@ class RestGateway:
             return error_response(error, {"X-Request-Id": rid})
 
     async def _handle(self, request: web.Request, rid: str) -> web.StreamResponse:
-        binding, params = self._match(request)
+        snapshot = self.registry.snapshot
+        binding, params = self._match(request, snapshot)
+        if isinstance(binding, StaticAnswer):
+            return binding.response(rid)
         peer = self.client_address(request)
         metadata = request_metadata(
             request.headers.items(),
@@ -69,6 +79,11 @@ class RestGateway:
         )
         given = request.headers.get("grpc-timeout")
         timeout = None if given is None else parse_grpc_timeout(given)
+        if isinstance(binding, AggregateRoute):
+            parent = Parent(metadata, timeout, peer, rid, request.headers)
+            composed, headers = await binding.run(snapshot, parent, params, request.query)
+            headers["X-Request-Id"] = rid
+            return web.Response(body=dumps(composed), content_type=JSON, headers=headers)
         requests = await self._request(request, binding, params)
         trim = _trim(request, binding)  # checked before the call: a bad selection is a 400
         call = Call(binding, requests, metadata, timeout, peer, HTTP, rid, request.headers)
@@ -97,9 +112,9 @@ class RestGateway:
         content_type = request.headers.get("Content-Type", "") if plan.raw_body is not None else ""
         return plan.to_message(params, body, request.query, content_type)
 
-    def _match(self, request: web.Request) -> tuple[Binding, dict[tuple[str, ...], str]]:
+    def _match(self, request: web.Request, snapshot: Snapshot) -> tuple[Target, Params]:
         path = request.rel_url.raw_path
-        match = self.registry.snapshot.routes.match(request.method, path)
+        match = self.routes(snapshot).match(request.method, path)
         if match.kind is MatchKind.FULL:
             assert match.route is not None
             return match.route.target, match.params

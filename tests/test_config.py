@@ -412,12 +412,6 @@ ERROR_CASES = [
         id="fallback-code-name",
     ),
     pytest.param(
-        "aggregates: []\n",
-        {},
-        ["aggregates: not supported by this version of Bridge"],
-        id="unsupported-section-aggregates",
-    ),
-    pytest.param(
         "upstreams:\n  c:\n    targets: [h:1]\n    retries: {attempts: 0}\n",
         {},
         ["upstreams.c.retries.attempts: must be more than zero, got 0"],

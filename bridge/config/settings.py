@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final
 from pydantic import BeforeValidator, ConfigDict, WithJsonSchema
 from pydantic import model_validator as checks
 
+from bridge.config.composition import Aggregate, AggregateSection, StaticRoute, check_routes
 from bridge.config.policies import (
     AuthSettings,
     CacheSettings,
@@ -77,7 +78,6 @@ class ConfigFile(Section):
     """
 
     model_config = ConfigDict(title="Bridge configuration")
-    _unsupported = frozenset({"static", "aggregates"})
 
     listen: Annotated[
         tuple[str, int], BeforeValidator(_listen), WithJsonSchema({"type": "string"})
@@ -115,6 +115,15 @@ class ConfigFile(Section):
     fallbacks: tuple[FallbackRule, ...] = ()
     """Default answers for methods whose backend fails with the listed codes; the first rule
     whose glob matches a method applies."""
+    aggregates: tuple[AggregateSection, ...] = ()
+    """Routes answered by several gRPC calls at once, as one JSON object keyed by call name."""
+    static: tuple[StaticRoute, ...] = ()
+    """Routes the bridge answers itself with a fixed status, JSON body and headers."""
+
+    @checks(mode="after")
+    def _config_routes_differ(self) -> ConfigFile:
+        check_routes(self.aggregates, self.static)
+        return self
 
     @checks(mode="after")
     def _services_name_upstreams(self) -> ConfigFile:
@@ -153,6 +162,8 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     cache: CacheSettings = field(default_factory=CacheSettings)
     fallbacks: tuple[FallbackRule, ...] = ()
+    aggregates: tuple[Aggregate, ...] = ()
+    static: tuple[StaticRoute, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.protos_store:
@@ -183,6 +194,8 @@ class Settings:
             trusted_proxies=file.trusted_proxies,
             cache=file.cache,
             fallbacks=file.fallbacks,
+            aggregates=tuple(a.plan(i) for i, a in enumerate(file.aggregates)),
+            static=file.static,
         )
 
     def upstream_for(self, service: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
@@ -32,12 +33,19 @@ __all__ = [
 class Registry:
     """Holds the live snapshot; readers take ``registry.snapshot`` once per request.
 
-    ``chains`` gives every method of every snapshot built for it its call path.
+    ``chains`` gives every method of every snapshot built for it its call path; ``admit``
+    refuses a run-time snapshot (a SnapshotError) whose routes collide with the config's own.
     """
 
-    def __init__(self, snapshot: Snapshot, chains: Chains | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        chains: Chains | None = None,
+        admit: Callable[[Snapshot], None] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.chains = chains
+        self.admit = admit
 
 
 async def load_includes(entries: tuple[Path, ...]) -> ProtoSet:

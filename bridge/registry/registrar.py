@@ -271,9 +271,12 @@ class Registrar:
         sets = [self.include, *(e.protos for e in entries.values()), *reflected.values()]
         try:
             # In a thread: building a large snapshot is CPU work the event loop should not wait on.
-            return await asyncio.to_thread(
+            snapshot = await asyncio.to_thread(
                 build_snapshot, sets, self.settings.upstream_for, self._json, self.registry.chains
             )
+            if self.registry.admit is not None:
+                self.registry.admit(snapshot)
+            return snapshot
         except SnapshotError as exc:
             code = errors.ALREADY_EXISTS if exc.conflict else errors.INVALID_ARGUMENT
             raise BridgeError(code, str(exc)) from None
