@@ -194,6 +194,18 @@ async def test_websocket_calls_share_the_cache_and_see_x_cache(
     assert await echo.calls() == 2
 
 
+async def test_browsers_may_read_the_cache_marks(start_bridge: StartBridge, echo: Echo) -> None:
+    app = "https://app.example"
+    rules = [rule(ttl="100ms", stale_if_error="1m")]
+    bridge = await start_bridge(cache_config(echo, *rules, cors={"allow_origins": [app]}))
+    await get(bridge, "/v1/echo/hi")
+    await asyncio.sleep(0.15)
+    await echo.stop()
+    async with bridge.request("GET", "/v1/echo/hi", headers={"Origin": app}) as resp:
+        exposed = resp.headers["Access-Control-Expose-Headers"].split(", ")
+        assert {"X-Cache", "X-Bridge-Fallback"} <= set(exposed)
+
+
 async def test_streams_are_never_cached(start_bridge: StartBridge, echo: Echo) -> None:
     bridge = await start_bridge(cache_config(echo, {"match": "demo.echo.v1.*", "ttl": "30s"}))
     for _ in range(2):

@@ -78,7 +78,8 @@ class CorsSettings(Section):
     """Request headers a preflight allows; unset, it allows the headers it was asked for."""
     expose_headers: HeaderNames | None = None
     """Response headers a browser script may read; unset, those the bridge sends
-    (`x-request-id`, `Grpc-Metadata-*`/`Grpc-Trailer-*`, `RateLimit-*`, `Retry-After`)."""
+    (`x-request-id`, `Grpc-Metadata-*`/`Grpc-Trailer-*`, `RateLimit-*`, `Retry-After`,
+    `X-Cache`, `X-Bridge-Fallback`)."""
     max_age: Duration = written("10m")
     """How long a browser may cache a preflight's answer."""
     allow_credentials: Bool = False

@@ -40,7 +40,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, names
 # Expose-Headers has no prefix wildcard, so the default set is picked from each response.
-_EXPOSED_NAMES: Final = frozenset({"x-request-id", "retry-after"})
+_EXPOSED_NAMES: Final = frozenset({"x-request-id", "retry-after", "x-cache", "x-bridge-fallback"})
 _EXPOSED_PREFIXES: Final = ("grpc-metadata-", "grpc-trailer-", "ratelimit-")
 
 
@@ -179,7 +179,8 @@ def _requested_headers(request: web.Request) -> str:
 
 
 def _exposed(headers: CIMultiDict[str]) -> str:
-    """The default Expose-Headers: the request id, metadata and rate-limit headers present."""
+    """The default Expose-Headers: the request id, metadata, rate-limit and cache headers
+    present."""
     names: dict[str, None] = {}
     for name in headers:
         lower = name.lower()
