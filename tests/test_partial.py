@@ -15,6 +15,7 @@ from multidict import MultiDict
 from bridge.errors import INVALID_ARGUMENT, BridgeError
 from bridge.transcode.partial import (
     Selection,
+    Trims,
     for_object,
     for_response,
     parse,
@@ -291,3 +292,12 @@ def test_response_trim_refuses_raw_replies(fidelity_pool: descriptor_pool.Descri
     assert plan.raw
     with pytest.raises(BridgeError, match="raw bytes"):
         response_trim(plan, body, "data")
+
+
+def test_trims_cache_an_aggregates_binding(search: Descriptor) -> None:
+    """How an aggregate keeps its trims: one Trims per compiled snapshot, bound by for_object."""
+    trims, members = Trims(), {"search": search, "errors": None}
+    first = trims.get("search/query", lambda s: for_object(s, members, False))
+    assert trims.get("search/query", lambda s: for_object(s, members, False)) is first
+    with pytest.raises(BridgeError, match="invalid field selection"):
+        trims.get("search(", lambda s: for_object(s, members, False))

@@ -19,7 +19,7 @@ An empty selection keeps everything (Google: "if empty, all fields are returned"
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,7 +30,17 @@ from bridge.errors import BridgeError, invalid_argument
 from bridge.transcode.fields import find_field, is_map, is_wkt
 from bridge.transcode.response import ResponsePlan
 
-__all__ = ["KEYS", "Selection", "Trim", "for_object", "parse", "response_trim", "selection_text"]
+__all__ = [
+    "KEYS",
+    "Selection",
+    "Trim",
+    "Trims",
+    "for_object",
+    "for_response",
+    "parse",
+    "response_trim",
+    "selection_text",
+]
 
 KEYS: Final = ("fields", "$fields")  # the parameter's spellings; "$fields" is never a field
 MAX_DEPTH: Final = 32  # names and parentheses nested in one selection; deeper is refused
@@ -292,29 +302,45 @@ def selection_text(query: MultiMapping[str], keys: tuple[str, ...] = KEYS) -> st
     return text
 
 
-_TRIMS: Final[weakref.WeakKeyDictionary[ResponsePlan, dict[str, Trim]]] = (
-    weakref.WeakKeyDictionary()
-)
+class Trims:
+    """The trims of one response shape, by selection text: each parsed and checked once.
+
+    Bounded: at most ``_PER_PLAN`` texts, the oldest dropped first. REST keeps one per route
+    (``response_trim``); an aggregate keeps one per compiled snapshot and binds with
+    ``for_object``.
+    """
+
+    __slots__ = ("__weakref__", "_by_text")
+
+    def __init__(self) -> None:
+        self._by_text: dict[str, Trim] = {}
+
+    def get(self, text: str, bind: Callable[[Selection], Trim]) -> Trim:
+        """The trim for ``text``, from ``bind(parse(text))`` the first time; a 400 if wrong."""
+        trim = self._by_text.get(text)
+        if trim is None:
+            trim = bind(parse(text))
+            if len(self._by_text) >= _PER_PLAN:
+                del self._by_text[next(iter(self._by_text))]
+            self._by_text[text] = trim
+        return trim
+
+
+_TRIMS: Final[weakref.WeakKeyDictionary[ResponsePlan, Trims]] = weakref.WeakKeyDictionary()
 
 
 def response_trim(plan: ResponsePlan, output: Descriptor, text: str) -> Trim:
-    """The trim for a route's reply, parsed and checked once per (plan, text).
+    """The trim for a route's reply of type ``output``, parsed and checked once per text.
 
     Kept per plan, so a new snapshot's plans start empty and a dropped one takes its entries
-    with it; at most ``_PER_PLAN`` texts each, the oldest dropped first.
+    with it.
     """
-    cached = _TRIMS.get(plan)
-    if cached is None:
-        cached = _TRIMS[plan] = {}
-    trim = cached.get(text)
-    if trim is None:
+    trims = _TRIMS.get(plan)
+    if trims is None:
         if plan.raw:
             raise invalid_argument(
                 "field selection: this route answers raw bytes (google.api.HttpBody), which "
                 "have no fields to select"
             )
-        trim = for_response(parse(text), output, plan.field, plan.use_proto_names)
-        if len(cached) >= _PER_PLAN:
-            del cached[next(iter(cached))]
-        cached[text] = trim
-    return trim
+        trims = _TRIMS[plan] = Trims()
+    return trims.get(text, lambda s: for_response(s, output, plan.field, plan.use_proto_names))
