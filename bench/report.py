@@ -120,9 +120,9 @@ def _hit_context(by_name: dict[str, Result]) -> str | None:
     if row.get("cpu_ratio_to_plain") is None:
         return None
     client = _value(by_name, "reference_grpc_aio_client_c16", "cpu_us_per_req")
+    aside = "" if client is None else f"; the grpc.aio client alone {_fmt(client)} us a call"
     return (f"{_fmt(row['cpu_us_per_req'])} us a hit, {_fmt(row['plain_cpu_us_per_req'])} us a "
-            f"call through {row['plain']}; the grpc.aio client alone {_fmt(client)} us a "
-            "call")  # fmt: skip
+            f"call through {row['plain']}{aside}")  # fmt: skip
 
 
 def _aggregate_context(by_name: dict[str, Result]) -> str | None:
