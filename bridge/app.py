@@ -49,6 +49,7 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 REGISTRY: Final = web.AppKey("registry", Registry)
 UPSTREAMS: Final = web.AppKey("upstreams", Upstreams)
 REGISTRAR: Final = web.AppKey("registrar", Registrar)
+COMPOSITION: Final = web.AppKey("composition", Composition)
 
 
 def json_shape(settings: Settings) -> JsonShape:
@@ -93,6 +94,7 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     app[SETTINGS] = settings
     app[edge.LIMITS] = settings.limits
     app[REGISTRY] = registry
+    app[COMPOSITION] = composition
     app[UPSTREAMS] = upstreams
     address = client_address(TrustedProxies(settings.trusted_proxies))
     gateway = RestGateway(
@@ -163,7 +165,9 @@ async def _openapi(request: web.Request) -> web.Response:
     body = _DOCUMENTS.get(snapshot)
     if body is None:
         use_proto_names = request.app[SETTINGS].json.use_proto_names
-        body = json.dumps(openapi_document(snapshot, use_proto_names=use_proto_names)).encode()
+        composed = request.app[COMPOSITION].routes
+        document = openapi_document(snapshot, use_proto_names=use_proto_names, composed=composed)
+        body = json.dumps(document).encode()
         _DOCUMENTS[snapshot] = body
     return web.Response(body=body, content_type="application/json")
 

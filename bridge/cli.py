@@ -138,7 +138,13 @@ def _openapi(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     registry = asyncio.run(_load(settings))
-    document = openapi_document(registry.snapshot, use_proto_names=settings.json.use_proto_names)
+    from bridge.compose import Composition
+
+    document = openapi_document(
+        registry.snapshot,
+        use_proto_names=settings.json.use_proto_names,
+        composed=Composition.of(settings).routes,
+    )
     print(json.dumps(document, indent=2, ensure_ascii=False))
     return 0
 

@@ -351,7 +351,9 @@ class _Compiler:
             return self.opaque(node)
         if isinstance(node, dict):
             if shape != "object":
-                raise Problem(f"field '{target.name}' is not a message or map, it takes a {shape}")
+                raise Problem(
+                    f"field '{target.name}' is not a message or map, it takes {_a(shape)}"
+                )
             if is_map(target) and not element:
                 value_field = target.message_type.fields_by_name["value"]
                 items = [(k, _placed(k, self.field, v, value_field, True)) for k, v in node.items()]
@@ -379,7 +381,7 @@ class _Compiler:
         if ref.kind == CALL:
             return self.reply_ref(ref, shape)
         if shape not in ("scalar", "list", "any"):
-            raise Problem(f"{ref} is URL text; field '{target and target.name}' takes a {shape}")
+            raise Problem(f"{ref} is URL text; field '{target and target.name}' takes {_a(shape)}")
         convert = _converter(target, ref, self.where) if shape != "any" else _as_is
         listed = shape == "list"
         if ref.kind == PATH:
@@ -418,7 +420,7 @@ class _Compiler:
             raise Problem(f"{ref}: {exc}") from None
         source = _shape(path[-1] if path else None)
         if "any" not in (shape, source) and source != shape:
-            raise Problem(f"{ref} is a {source}; the field it sets takes a {shape}")
+            raise Problem(f"{ref} is {_a(source)}; the field it sets takes {_a(shape)}")
         proto_names = binding.response.use_proto_names
         keys = tuple(f.name if proto_names else f.json_name for f in path)
         name = ref.name
@@ -433,7 +435,7 @@ class _Compiler:
 
     def text(self, text: Text, target: FieldDescriptor | None, shape: str) -> Fill:
         if shape not in ("scalar", "any"):
-            raise Problem(f"text with references makes a string; field takes a {shape}")
+            raise Problem(f"text with references makes a string; the field takes {_a(shape)}")
         parts: list[Fill | str] = []
         for part in text.parts:
             if not isinstance(part, Ref):
@@ -452,6 +454,10 @@ class _Compiler:
             return convert("".join(out))
 
         return joined
+
+
+def _a(shape: str) -> str:
+    return f"an {shape}" if shape[0] in "aeiou" else f"a {shape}"
 
 
 def _placed(key: str | int, compile: Callable[..., Fill], *args: Any) -> Fill:

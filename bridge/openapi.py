@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.rpc import status_pb2
 
+from bridge.compose import AggregateRoute
+from bridge.config.composition import ERRORS_KEY, QUERY, references
 from bridge.http import JSON, NDJSON, SSE
 from bridge.registry.snapshot import Binding, Snapshot
 from bridge.routing import Route
@@ -82,8 +85,11 @@ def openapi_document(
     use_proto_names: bool = False,
     version: str = "1.0.0",
     expand_slashed_paths: bool = False,
+    composed: Sequence[Route] = (),
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) of every HTTP route of the snapshot.
+
+    ``composed`` are the config's aggregate and static routes (`bridge.compose`).
 
     ``expand_slashed_paths`` writes ``/v1/{name=users/*}`` as ``/v1/users/{name}``: generic
     clients percent-encode a ``/`` inside a parameter, which the route table does not split.
@@ -94,10 +100,13 @@ def openapi_document(
     ids = _operation_ids(routes)
     for route in sorted(routes, key=lambda r: (r.template.source, r.verb, r.owner)):
         paths.add(route, functools.partial(_operation, route, ids[route], schemas=schemas))
+    for route in composed:
+        paths.add(route, functools.partial(_composed_operation, route, snapshot, schemas))
+    tags = {r.target.method.service for r in routes} | {r.owner.partition("[")[0] for r in composed}
     document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version},
-        "tags": [{"name": s} for s in sorted({r.target.method.service for r in routes})],
+        "tags": [{"name": s} for s in sorted(tags)],
         "paths": {path: paths.items[path] for path in sorted(paths.items)},
         "components": {"schemas": schemas.components()},
     }
@@ -391,6 +400,72 @@ def _responses(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
 
 def _one_key(key: str, schema: Schema) -> Schema:
     return {"type": "object", "properties": {key: schema}, "required": [key]}
+
+
+# --- the config's routes: aggregates and static answers --------------------------------------
+
+
+def _composed_operation(
+    route: Route, snapshot: Snapshot, schemas: _Schemas, path_params: list[_PathParam]
+) -> dict[str, Any]:
+    """The operation of an aggregate (its calls' answers by name) or of a static answer."""
+    section = route.owner.partition("[")[0]  # "aggregates" or "static"
+    operation: dict[str, Any] = {
+        "operationId": re.sub(r"\W", "_", route.owner).strip("_"),
+        "tags": [section],
+        "summary": f"{route.verb} {route.template.source}",
+    }
+    parameters = [
+        {"name": p.name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in path_params
+    ]
+    target = route.target
+    if not isinstance(target, AggregateRoute):
+        operation["description"] = "Answered by the bridge itself (`static` in the config)."
+        ok: dict[str, Any] = {"description": f"HTTP {target.status}"}
+        if target.body:
+            ok["content"] = {JSON: {"schema": {}, "example": json.loads(target.body)}}
+        operation["responses"] = {str(target.status): ok}
+        return operation
+    aggregate = target.aggregate
+    queries = sorted({r.name for c in aggregate.calls for r in references(c.request)
+                      if r.kind == QUERY})  # fmt: skip
+    parameters += [{"name": q, "in": "query", "schema": {"type": "string"}} for q in queries]
+    if parameters:
+        operation["parameters"] = parameters
+    properties: dict[str, Schema] = {}
+    for call in aggregate.calls:
+        binding = snapshot.bindings.get(call.method)
+        properties[call.name] = {} if binding is None else _output(binding, schemas)
+    status = schemas.message(status_pb2.Status.DESCRIPTOR)
+    properties[ERRORS_KEY] = {
+        "type": "object",
+        "description": "The optional calls that failed, each with its `google.rpc.Status`.",
+        "additionalProperties": status,
+    }
+    calls = ", ".join(f"`{c.name}` ({c.method}{', optional' if c.optional else ''})"
+                      for c in aggregate.calls)  # fmt: skip
+    operation["description"] = f"An aggregate of {calls}: one JSON object keyed by call name."
+    operation["x-bridge-aggregate"] = {
+        c.name: {"method": c.method, "optional": c.optional, "needs": sorted(c.needs)}
+        for c in aggregate.calls
+    }
+    answer = {
+        "type": "object",
+        "properties": properties,
+        "required": [c.name for c in aggregate.calls if not c.optional],
+    }
+    about = "An error (a required call failed): a `google.rpc.Status`."
+    operation["responses"] = {
+        "200": {"description": "The calls' answers", "content": {JSON: {"schema": answer}}},
+        "default": {"description": about, "content": {JSON: {"schema": status}}},
+    }
+    return operation
+
+
+def _output(binding: Binding, schemas: _Schemas) -> Schema:
+    plan, output = binding.response, binding.method.output.DESCRIPTOR
+    return schemas.message(output) if plan.field is None else schemas.field(plan.field)
 
 
 # --- schemas ---------------------------------------------------------------------------------
