@@ -83,11 +83,11 @@ class Upstream:
                 else:
                     target.succeeded()  # it answered: the target is up
                 unsent = never_reached(code, details)
-                if unsent and _replayable(method) and transparent < len(upstream.targets) - 1:
+                if unsent and _replayable(call) and transparent < len(upstream.targets) - 1:
                     transparent += 1  # transparent retry: at once, on another target
                     continue
                 tries += 1
-                wait = _retry_wait(upstream, method, code, tries, left)
+                wait = _retry_wait(upstream, call, code, tries, left)
                 if wait is None:
                     if unsent:
                         raise BridgeError(
@@ -123,7 +123,7 @@ async def _attempt(
             return UnaryReply(message, list(initial), list(await grpc_call.trailing_metadata()))
         initial = await grpc_call.initial_metadata()
         first = None
-        if _retry_allowed(upstream, method, None, tries + 2):
+        if _retry_allowed(upstream, call, None, tries + 2):
             # A stream can be retried until its first message: wait for it here, so that a
             # failure before it is still this attempt's.
             first = await grpc_call.read()
@@ -135,20 +135,22 @@ async def _attempt(
         raise
 
 
-def _replayable(method: Method) -> bool:
-    """Whether the request can be sent again: a request stream was consumed by the first try."""
-    return not method.client_streaming
+def _replayable(call: Call) -> bool:
+    """Whether the request can be sent again: a client stream only when its messages are all
+    at hand (REST reads them whole); a WebSocket's live stream was consumed by the first try."""
+    return not call.binding.method.client_streaming or isinstance(call.request, list | tuple)
 
 
 def _retry_allowed(
-    upstream: PoolUpstream, method: Method, code: grpc.StatusCode | None, tries: int
+    upstream: PoolUpstream, call: Call, code: grpc.StatusCode | None, tries: int
 ) -> bool:
     """Whether `retries` lets a failed call of ``method`` make try number ``tries``."""
     policy = upstream.retry
+    method = call.binding.method
     return (
         policy is not None
         and method.safe
-        and _replayable(method)
+        and _replayable(call)
         and tries <= policy.attempts
         and (code is None or code in policy.codes)
     )
@@ -156,14 +158,14 @@ def _retry_allowed(
 
 def _retry_wait(
     upstream: PoolUpstream,
-    method: Method,
+    call: Call,
     code: grpc.StatusCode,
     tries: int,
     left: float | None,
 ) -> float | None:
     """The backoff before try ``tries + 1``, or None when there is none (not allowed, or it
     would start past the call's deadline)."""
-    if not _retry_allowed(upstream, method, code, tries + 1):
+    if not _retry_allowed(upstream, call, code, tries + 1):
         return None
     assert upstream.retry is not None
     wait = upstream.retry.delay(tries)
