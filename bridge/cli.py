@@ -111,7 +111,7 @@ def _check(args: argparse.Namespace) -> int:
         )
     print(
         f"ok: {len(registry.snapshot.methods)} methods, "
-        f"{len(registry.snapshot.routes.routes)} routes",
+        f"{len(registry.snapshot.routes.routes)} routes, {len(composition.routes)} config routes",
         file=sys.stderr,
     )
     return 0

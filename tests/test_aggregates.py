@@ -284,3 +284,20 @@ async def test_an_unknown_method_is_a_warning_in_check_when_reflection_may_bring
     path.write_text(yaml.safe_dump(config))
     assert await asyncio.to_thread(main, ["check", "--config", str(path)]) == 0
     assert "warning: " in capsys.readouterr().err
+
+
+async def test_a_child_served_by_a_fallback_marks_the_answer(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    calls = {
+        "user": {"method": GET_USER, "request": {"id": "{id}"}},
+        "orders": {"method": FAIL, "request": {"code": 14}},
+    }
+    fallbacks = [{"match": FAIL, "on": ["UNAVAILABLE"], "response": {}}]
+    bridge = await serve(
+        start_bridge, users_server, echo_server, aggregate(calls), fallbacks=fallbacks
+    )
+    status, body, headers = await bridge.json("GET", "/bff/v1/users/1/home")
+    assert status == 200, body
+    assert body["orders"] == {} and body["user"]["id"] == "1"
+    assert headers["X-Bridge-Fallback"] == "true"
