@@ -14,6 +14,7 @@ import yaml
 from bridge.cli import main
 from bridge.config import ConfigError
 from tests.conftest import Bridge, StartBridge, demo_config
+from tests.teams import PING, PING_FILE, TeamServer, admin, admin_config, ping, register
 
 GET_USER = "demo.users.v1.UserService/GetUser"
 ECHO = "demo.echo.v1.EchoService/Echo"
@@ -301,3 +302,31 @@ async def test_a_child_served_by_a_fallback_marks_the_answer(
     assert status == 200, body
     assert body["orders"] == {} and body["user"]["id"] == "1"
     assert headers["X-Bridge-Fallback"] == "true"
+
+
+async def test_an_aggregate_over_a_registered_method_and_its_removal(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """Checked once stored registrations are restored; a method removed later fails its call
+    with UNIMPLEMENTED naming it (or is listed under errors when optional)."""
+    team = await TeamServer(tmp_path / "team").start()
+    await team.deploy({PING_FILE: PING}, {"acme.ping.v1.Ping/Get": ping})
+    store = tmp_path / "store"
+    first = await start_bridge(admin_config(store))
+    assert (await register(first, "ping", {PING_FILE: PING}, team.target))[0] == 201
+    calls = {
+        "ping": {"method": "acme.ping.v1.Ping/Get", "request": {"id": "{id}"}},
+        "again": {"method": "acme.ping.v1.Ping/Get", "request": {"id": "{ping.id}-2"},
+                  "optional": True},
+    }  # fmt: skip
+    bridge = await start_bridge(admin_config(store, aggregates=[aggregate(calls)]))
+    try:
+        status, body, _ = await bridge.json("GET", "/bff/v1/users/7/home")
+        assert (status, body) == (200, {"ping": {"id": "7"}, "again": {"id": "7-2"}})
+        assert (await admin(bridge, "DELETE", "/admin/protos/ping"))[0] == 200
+        status, body, _ = await bridge.json("GET", "/bff/v1/users/7/home")
+        assert status == 501, body
+        assert "acme.ping.v1.Ping/Get is not served" in body["message"]
+        assert "call 'ping'" in body["message"]
+    finally:
+        await team.stop()
