@@ -11,7 +11,7 @@ import pytest
 from multidict import MultiDict
 
 from bridge import errors
-from bridge.compose import AggregateRoute, _Values
+from bridge.compose import AggregateRoute
 from bridge.config import settings_from_dict
 from bridge.config.composition import (
     CALL,
@@ -27,6 +27,7 @@ from bridge.config.composition import (
 from bridge.config.values import Problem
 from bridge.registry import JsonShape, ProtoSet, build_snapshot
 from bridge.registry.snapshot import Snapshot
+from bridge.transcode.templates import Values
 
 GET_USER = "demo.users.v1.UserService/GetUser"
 ECHO = "demo.echo.v1.EchoService/Echo"
@@ -141,7 +142,7 @@ def test_a_template_fills_path_query_and_answers(snapshot: Snapshot) -> None:
     })  # fmt: skip
     user, echo = route.children(snapshot)
     assert user.problem is None and echo.problem is None
-    values = _Values({("id",): "7"}, MultiDict([("n", "1"), ("n", "2"), ("f", "true")]))
+    values = Values({("id",): "7"}, MultiDict([("n", "1"), ("n", "2"), ("f", "true")]))
     assert user.fill is not None and echo.fill is not None
     assert user.fill(values) == {"id": "7"}
     values.replies["user"] = {"displayName": "Ada", "address": {"city": "London"}}
@@ -161,7 +162,7 @@ def test_a_missing_answer_field_leaves_the_request_field_out(snapshot: Snapshot)
         "echo": {"method": ECHO, "request": {"message": "{user.address.city}"}},
     })  # fmt: skip
     echo = route.children(snapshot)[1]
-    values = _Values({}, MultiDict())
+    values = Values({}, MultiDict())
     values.replies["user"] = {"address": None}
     assert echo.fill is not None and echo.fill(values) == {}
 
@@ -170,7 +171,7 @@ def test_bad_url_text_is_a_400_naming_the_call(snapshot: Snapshot) -> None:
     echo = route_of({"echo": {"method": ECHO, "request": {"flag": "{f}"}}}).children(snapshot)[0]
     assert echo.fill is not None
     with pytest.raises(errors.BridgeError) as caught:
-        echo.fill(_Values({}, MultiDict([("f", "maybe")])))
+        echo.fill(Values({}, MultiDict([("f", "maybe")])))
     assert caught.value.code == errors.INVALID_ARGUMENT
     assert "call 'echo'" in caught.value.message and "not a boolean" in caught.value.message
 
