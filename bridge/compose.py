@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
+from google.protobuf.descriptor import Descriptor
 from multidict import MultiMapping
 
 from bridge import errors
@@ -36,14 +37,17 @@ from bridge.call import AGGREGATE, Call
 from bridge.config import ConfigError, Settings
 from bridge.config.composition import (
     ERRORS_KEY,
+    QUERY,
     Aggregate,
     PlannedCall,
     StaticRoute,
+    references,
 )
 from bridge.config.values import Problem
 from bridge.errors import BridgeError
 from bridge.registry.snapshot import Binding, Snapshot, SnapshotError
 from bridge.routing import Route, RouteTable
+from bridge.transcode.partial import KEYS, Trim, Trims, for_object, selection_text
 from bridge.transcode.templates import Compiler, Fill, Values, check_literals
 from bridge.upstream.metadata import Metadata
 
@@ -100,12 +104,16 @@ class _Child:
 class AggregateRoute:
     """An aggregate route: its plan from the config, compiled once per snapshot."""
 
-    def __init__(self, aggregate: Aggregate, source: str) -> None:
+    def __init__(self, aggregate: Aggregate, source: str, proto_names: bool = False) -> None:
         self.aggregate = aggregate
         self.source = source
         self._compiled: weakref.WeakKeyDictionary[Snapshot, tuple[_Child, ...]] = (
             weakref.WeakKeyDictionary()
         )
+        self._trims: weakref.WeakKeyDictionary[Snapshot, Trims] = weakref.WeakKeyDictionary()
+        self._proto_names = proto_names
+        reads = {r.name for c in aggregate.calls for r in references(c.request) if r.kind == QUERY}
+        self._selection_keys = ("$fields",) if "fields" in reads else KEYS
 
     def check(self, snapshot: Snapshot, unserved: list[str] | None = None) -> None:
         """Compile against ``snapshot``, a ConfigError for the first problem (start-up).
@@ -180,7 +188,9 @@ class AggregateRoute:
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """The aggregate's answer (keyed by call name, ``errors`` for failed optional calls)
         and its headers; a failed required call is raised as its BridgeError."""
-        run = _Run(self.children(snapshot), parent, Values(params, query))
+        children = self.children(snapshot)
+        trim = self._trim(snapshot, children, query) if query else None  # a 400 before any call
+        run = _Run(children, parent, Values(params, query))
         try:
             async with asyncio.TaskGroup() as group:
                 for child in run.children:
@@ -192,7 +202,25 @@ class AggregateRoute:
         if run.failed:
             answer[ERRORS_KEY] = {name: e.to_status() for name, e in run.failed.items()}
         headers = {"X-Bridge-Fallback": "true"} if run.fallback else {}
-        return answer, headers
+        return (answer if trim is None else trim.apply(answer)), headers
+
+    def _trim(
+        self, snapshot: Snapshot, children: tuple[_Child, ...], query: MultiMapping[str]
+    ) -> Trim | None:
+        """The client's ``fields`` selection of the answer (``$fields`` only when a template
+        reads a query parameter called ``fields``); None without one."""
+        text = selection_text(query, self._selection_keys)
+        if not text:
+            return None
+        trims = self._trims.get(snapshot)
+        if trims is None:
+            trims = self._trims[snapshot] = Trims()
+        members: dict[str, Descriptor | None] = {
+            c.name: None if c.binding is None else c.binding.method.output.DESCRIPTOR
+            for c in children
+        }
+        members[ERRORS_KEY] = None
+        return trims.get(text, lambda s: for_object(s, members, self._proto_names))
 
 
 class _Unserved(Problem):
@@ -298,7 +326,8 @@ class Composition:
     @classmethod
     def of(cls, settings: Settings) -> Composition:
         source = str(settings.source)
-        aggregates = tuple(AggregateRoute(a, source) for a in settings.aggregates)
+        proto_names = settings.json.use_proto_names
+        aggregates = tuple(AggregateRoute(a, source, proto_names) for a in settings.aggregates)
         routes = [
             Route(a.aggregate.route.verb, a.aggregate.route.template, a, f"aggregates[{i}]")
             for i, a in enumerate(aggregates)

@@ -431,6 +431,7 @@ def _composed_operation(
     queries = sorted({r.name for c in aggregate.calls for r in references(c.request)
                       if r.kind == QUERY})  # fmt: skip
     parameters += [{"name": q, "in": "query", "schema": {"type": "string"}} for q in queries]
+    parameters.append(fields_parameter("$fields" if "fields" in queries else "fields"))
     if parameters:
         operation["parameters"] = parameters
     properties: dict[str, Schema] = {}

@@ -269,7 +269,7 @@ async def test_check_and_openapi_list_the_aggregate(
         "method": ECHO, "optional": False, "needs": ["user"]
     }  # fmt: skip
     names = [p["name"] for p in operation["parameters"]]
-    assert names[:2] == ["id", "sleep"]
+    assert names == ["id", "sleep", "fields"]
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer["properties"]["user"] == {"$ref": "#/components/schemas/demo.users.v1.User"}
     assert answer["required"] == ["user", "greeting", "stats"]
@@ -330,3 +330,17 @@ async def test_an_aggregate_over_a_registered_method_and_its_removal(
         assert "call 'ping'" in body["message"]
     finally:
         await team.stop()
+
+
+async def test_fields_trims_the_aggregate_answer(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    bridge = await serve(start_bridge, users_server, echo_server, aggregate(home_calls()))
+    status, body, _ = await bridge.json(
+        "GET", "/bff/v1/users/1/home", params={"fields": "user(id,displayName),greeting.message"}
+    )
+    assert status == 200, body
+    assert body == {"user": {"id": "1", "displayName": "Ada Lovelace"},
+                    "greeting": {"message": "Hello Ada Lovelace"}}  # fmt: skip
+    status, body, _ = await bridge.json("GET", "/bff/v1/users/1/home", params={"fields": "usr"})
+    assert status == 400 and "usr" in body["message"]
