@@ -284,7 +284,11 @@ class _Run:
         request = binding.request.from_json(child.fill(self.values), f"{child.where} request")
         call = Call(binding, request, list(parent.metadata), self._timeout(), parent.peer,
                     AGGREGATE, parent.request_id, parent.headers)  # fmt: skip
-        reply = await binding.invoke(call)
+        try:
+            reply = await binding.invoke(call)
+        except BridgeError as error:
+            error.headers.update(call.response_headers)  # RateLimit-* on a refusal, as REST does
+            raise
         message = await reply.next()
         assert message is not None  # a unary reply is a stream of exactly one
         if any(k.lower() == FALLBACK_HEADER for k in call.response_headers):

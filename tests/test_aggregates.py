@@ -344,3 +344,19 @@ async def test_fields_trims_the_aggregate_answer(
                     "greeting": {"message": "Hello Ada Lovelace"}}  # fmt: skip
     status, body, _ = await bridge.json("GET", "/bff/v1/users/1/home", params={"fields": "usr"})
     assert status == 400 and "usr" in body["message"]
+
+
+async def test_each_child_takes_its_own_rate_limit_token(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    limits = [{"match": ECHO, "key": "ip", "rate": "1/h", "burst": 3}]
+    calls = {n: {"method": ECHO, "request": {"message": n}} for n in ("a", "b")}
+    bridge = await serve(
+        start_bridge, users_server, echo_server, aggregate(calls), rate_limits=limits
+    )
+    status, body, _ = await bridge.json("GET", "/bff/v1/users/1/home")
+    assert status == 200, body  # two of the three tokens
+    status, body, headers = await bridge.json("GET", "/bff/v1/users/1/home")
+    assert status == 429, body  # one child passes, the other is refused
+    assert body["code"] == 8 and ECHO in body["message"]
+    assert "Retry-After" in headers
