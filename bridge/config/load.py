@@ -52,7 +52,7 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         raise ConfigError(label, "", f"not UTF-8 text (bad byte at offset {e.start})") from None
     except OSError as e:
         raise ConfigError(label, "", f"cannot read the config file ({e.strerror})") from None
-    return _build(_parse_yaml(label, text), Path(os.path.abspath(path)), label, env)
+    return _build(parse_yaml(label, text), Path(os.path.abspath(path)), label, env)
 
 
 def settings_from_dict(
@@ -85,7 +85,9 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _parse_yaml(label: str, text: str) -> Any:
+def parse_yaml(label: str, text: str) -> Any:
+    """YAML text as the config loader reads it (duplicate keys refused, `on:` kept a string);
+    a ConfigError naming ``label`` and the line when it is not YAML."""
     try:
         return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as e:
