@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge.admin_client import ClientError, add_commands
 from bridge.config import ConfigError, Settings, load_settings
+from bridge.policy import Chains
 from bridge.registry import CompileError, Registry, SnapshotError
 
 log = logging.getLogger("bridge")
@@ -64,11 +65,11 @@ def _settings(path: str) -> Settings:
         raise Fatal(str(exc)) from None
 
 
-async def _load(settings: Settings) -> Registry:
+async def _load(settings: Settings, chains: Chains | None = None) -> Registry:
     from bridge.app import load_registry
 
     with _proto_errors(settings):
-        return await load_registry(settings)
+        return await load_registry(settings, chains)
 
 
 @contextlib.contextmanager
@@ -97,8 +98,10 @@ def _check(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     with _proto_errors(settings):
-        Policies(settings, _no_calls)  # reads what the policies need (the JWKS file)
-    registry = asyncio.run(_load(settings))
+        policies = Policies(settings, _no_calls)  # reads what they need (the JWKS file)
+    # Every method's chain built as serve builds it: a fallback response that does not fit
+    # its method's message, or a cache rule naming a stream, stops check too.
+    registry = asyncio.run(_load(settings, policies.chain))
     composition = Composition.of(settings)
     _check_composition(settings, composition, registry)
     for line in composition.describe():

@@ -178,3 +178,17 @@ def test_the_committed_config_names_the_dev_credentials_it_lacks():
     result = bridge("check", "--config", "bridge.yaml", env={"BRIDGE_API_KEYS": ""})
     assert result.returncode == 2
     assert "environment variable BRIDGE_API_KEYS is set but empty" in result.stderr
+
+
+def test_check_builds_the_chains_so_a_fallback_that_does_not_fit_stops_it(tmp_path):
+    body = f"""
+protos: {{include: ["{ROOT / "protos"}"]}}
+upstreams: {{echo: {{targets: ["127.0.0.1:1"]}}, users: {{targets: ["127.0.0.1:2"]}}}}
+services: {{"demo.echo.v1.*": echo, "demo.users.v1.*": users}}
+fallbacks:
+  - {{match: demo.users.v1.UserService/ListUsers, on: [UNAVAILABLE], response: {{nope: 1}}}}
+"""
+    result = bridge("check", "--config", str(config(tmp_path, body)))
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert "fallbacks[0]" in result.stderr and "has no field named \"nope\"" in result.stderr
