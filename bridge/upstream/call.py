@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -115,7 +116,16 @@ async def _attempt(
 ) -> Reply:
     """One try on one target; a failure before the answer (or the stream's start) is raised."""
     pool = call.binding.request.pool
-    grpc_call = upstream.stub(method, target)(call.request, timeout=timeout, metadata=metadata)
+    stub = upstream.stub(method, target)
+    writer = None
+    if isinstance(call.request, AsyncIterable):
+        # A live stream of requests (a WebSocket's) is written by a task of ours: handed to
+        # grpc.aio as a request iterator, a call that ends while grpc's own consumer task
+        # waits on it leaves that task destroyed while pending.
+        grpc_call = stub(timeout=timeout, metadata=metadata)
+        writer = asyncio.create_task(_write(grpc_call, call.request))
+    else:
+        grpc_call = stub(call.request, timeout=timeout, metadata=metadata)
     try:
         if not method.server_streaming:
             message = await grpc_call
@@ -129,10 +139,25 @@ async def _attempt(
             first = await grpc_call.read()
         elif grpc_call.done() and never_reached(await grpc_call.code(), await grpc_call.details()):
             await grpc_call.read()  # raises the failure, to be retried on another target
-        return StreamReply(grpc_call, pool, list(initial), first)
+        reply = StreamReply(grpc_call, pool, list(initial), first, writer)
+        writer = None  # the reply stops it now
+        return reply
     except asyncio.CancelledError:
         grpc_call.cancel()  # the client went away: the backend must see it too
         raise
+    finally:
+        if writer is not None:
+            writer.cancel()
+
+
+async def _write(grpc_call: Any, requests: AsyncIterable[Message]) -> None:
+    """Pass a live stream of request messages on, paced by the backend's flow control."""
+    try:
+        async for request in requests:
+            await grpc_call.write(request)
+        await grpc_call.done_writing()
+    except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+        return  # the call already ended; its reader reports the status
 
 
 def _replayable(call: Call) -> bool:
@@ -196,15 +221,21 @@ class UnaryReply:
 class StreamReply:
     """A server stream, read one message at a time."""
 
-    __slots__ = ("_call", "_first", "_pool", "initial")
+    __slots__ = ("_call", "_first", "_pool", "_writer", "initial")
 
     def __init__(
-        self, call: Any, pool: DescriptorPool, initial: Metadata, first: Any = None
+        self,
+        call: Any,
+        pool: DescriptorPool,
+        initial: Metadata,
+        first: Any = None,
+        writer: asyncio.Task[None] | None = None,
     ) -> None:
         self._call = call
         self._pool = pool
         self.initial = initial
         self._first = first  # read already (to retry before it), or None
+        self._writer = writer  # the task writing a live request stream (bidi), if any
 
     async def next(self) -> Message | None:
         message, self._first = self._first, None
@@ -229,5 +260,7 @@ class StreamReply:
         return list(await self._call.trailing_metadata() or ())
 
     def cancel(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
         if not self._call.done():
             self._call.cancel()

@@ -7,7 +7,7 @@ call itself is the method's ``invoke``, as for every transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from google.protobuf.message import Message
@@ -99,7 +99,7 @@ class WsCall:
     async def _relay(self, first: Message | None) -> dict[str, str]:
         call = self.call
         if self.method.client_streaming:
-            call.request = self._requests(first)
+            call.request = _Requests(first, self._inbox)
         reply = await call.binding.invoke(call)
         try:
             # The backend's headers, and what the policy steps added (x-cache,
@@ -116,9 +116,30 @@ class WsCall:
         finally:
             reply.cancel()  # the backend must see a cancelled call, not a dangling one
 
-    async def _requests(self, first: Message | None) -> AsyncIterator[Message]:
-        """The queued request messages, as gRPC reads them (its flow control paces it)."""
-        if first is not None:
-            yield first
-        while (request := await self._inbox.get()) is not None:
-            yield request
+
+class _Requests:
+    """A call's queued request messages, as gRPC reads them (its flow control paces it).
+
+    A class, not an async generator: when a call ends, gRPC cancels the task reading it in
+    the middle of a read, and an async generator left suspended there is closed later by the
+    event loop's finalizer, which fails ("aclose(): asynchronous generator is already
+    running") as an exception nobody retrieves.
+    """
+
+    __slots__ = ("_first", "_inbox")
+
+    def __init__(self, first: Message | None, inbox: asyncio.Queue[Message | None]) -> None:
+        self._first = first
+        self._inbox = inbox
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        request = await self._inbox.get()
+        if request is None:  # the client half-closed
+            raise StopAsyncIteration
+        return request
