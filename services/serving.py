@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, NoReturn, TypeAlias
 
@@ -14,6 +15,14 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 STOP_GRACE_SECONDS: Final = 5.0
+# How long a stopping service reports NOT_SERVING before it refuses calls: long enough for a
+# gateway watching its health (grpc.health.v1 Watch) to take it out of the rotation first.
+DRAIN_SECONDS: Final = 0.5
+
+# Each server's health servicer, so that a stopping service can say it no longer serves.
+_HEALTH: weakref.WeakKeyDictionary[grpc.aio.Server, health.aio.HealthServicer] = (
+    weakref.WeakKeyDictionary()
+)
 
 StartFn = Callable[[int, str], Awaitable[tuple[grpc.aio.Server, int]]]
 
@@ -31,6 +40,7 @@ async def add_health(server: grpc.aio.Server, service_names: Sequence[str]) -> N
     # blocking condition variables, which a Watch call would hold inside the event loop.
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    _HEALTH[server] = servicer
     for name in ("", *service_names, health.SERVICE_NAME):
         await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -65,6 +75,10 @@ async def serve_until_signal(name: str, start: StartFn, port: int, host: str) ->
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print(f"{name}: stopping", flush=True)
+    servicer = _HEALTH.get(server)
+    if servicer is not None:  # first out of the rotation of whoever watches our health
+        await servicer.enter_graceful_shutdown()
+        await asyncio.sleep(DRAIN_SECONDS)
     # In-flight calls get the grace period to finish; new ones are refused at once.
     await server.stop(STOP_GRACE_SECONDS)
 
