@@ -53,4 +53,4 @@ lint: install
 	$(PY) -m mypy bridge bench
 
 clean:
-	rm -rf $(VENV) services/_gen .pytest_cache
+	rm -rf $(VENV) services/_gen .pytest_cache .bridge

@@ -181,9 +181,16 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """200 once serving, with every upstream's detail; ``?upstreams=all`` also needs them all up.
+
+    One team's dead backend must not make a load balancer take every route away, so by
+    default an unreachable upstream is reported, not a reason to be unready.
+    """
+    strict = request.query.get("upstreams") == "all"
     detail = await request.app[UPSTREAMS].readiness()
-    ready = all(u["ready"] for u in detail.values())
-    body = {"ready": ready, "upstreams": detail}
+    all_up = all(u["ready"] for u in detail.values())
+    ready = all_up or not strict
+    body = {"ready": ready, "upstreams_ready": all_up, "upstreams": detail}
     return web.Response(
         status=200 if ready else 503, text=json.dumps(body), content_type="application/json"
     )

@@ -1,6 +1,7 @@
-"""The demo's dev credentials: an API key and a JWT secret for the committed ``bridge.yaml``.
+"""The demo's dev credentials: an API key, a JWT secret and an admin token for ``bridge.yaml``.
 
-``make run`` takes them from the environment (``BRIDGE_API_KEYS``, ``BRIDGE_JWT_SECRET``) or
+``make run`` takes them from the environment (``BRIDGE_API_KEYS``, ``BRIDGE_JWT_SECRET``,
+``BRIDGE_ADMIN_TOKEN``, which turns the admin API on) or
 makes them up once and keeps them in ``.bridge/dev.env`` (never committed), a file a shell
 can ``source`` so that the README's tour works word for word. They are for trying Bridge on
 one machine only: a deployment sets its own through the environment.
@@ -35,13 +36,19 @@ def dev_credentials(environ: Mapping[str, str], path: Path = DEV_ENV) -> dict[st
     ``BRIDGE_JWT_SECRET=... python -m services.credentials token`` changes nothing for later.
     """
     saved = _read(path)
+    made = dict(saved)
     if not saved.get("BRIDGE_DEMO_KEY") or not saved.get("BRIDGE_JWT_SECRET"):
         key = secrets.token_hex(16)
-        saved = {
-            "BRIDGE_DEMO_KEY": key,
-            "BRIDGE_API_KEYS": f"{DEMO_SUBJECT}={key}",
-            "BRIDGE_JWT_SECRET": secrets.token_urlsafe(32),
-        }
+        made.update(
+            BRIDGE_DEMO_KEY=key,
+            BRIDGE_API_KEYS=f"{DEMO_SUBJECT}={key}",
+            BRIDGE_JWT_SECRET=secrets.token_urlsafe(32),
+        )
+    # Added on its own, so that a dev.env from before the admin token keeps its key and secret.
+    if not saved.get("BRIDGE_ADMIN_TOKEN"):
+        made["BRIDGE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+    if made != saved:
+        saved = made
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(0o600)  # secrets: the owner's only, before they are written
         path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in saved.items()))

@@ -1,14 +1,17 @@
 """The ``make run`` supervisor: both example services and the bridge, stopped together.
 
-``python -m services.run`` starts users (50051) and echo (50052), then the bridge on
-127.0.0.1:8080 with the committed ``bridge.yaml``, waits until its ``/readyz`` answers 200,
-prints curl commands to try, and runs until Ctrl-C or until any of them exits.
+``python -m services.run`` checks that its three ports are free, starts users (50051) and
+echo (50052), then the bridge on 127.0.0.1:8080 with the committed ``bridge.yaml`` and the admin
+API on (a dev token), waits until ``/readyz`` says the bridge serves and both example services
+are reachable, prints curl commands to try, and runs until Ctrl-C or until any of them exits.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +26,8 @@ from services.credentials import DEV_ENV, dev_credentials
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 BRIDGE_URL: Final = "http://127.0.0.1:8080"  # the listen address in bridge.yaml
+PORTS: Final = {"the bridge": 8080, "users": 50051, "echo": 50052}
+EXAMPLE_UPSTREAMS: Final = ("users", "echo")  # the upstreams make run starts; others may be down
 READY_TIMEOUT_SECONDS: Final = 20.0
 STOP_TIMEOUT_SECONDS: Final = 5.0
 POLL_SECONDS: Final = 0.25
@@ -63,7 +68,9 @@ curl -s {BRIDGE_URL}/openapi.json | head -c 300; echo"""
 
 DEV_NOTE: Final = f"""
 # dev credentials, kept in {DEV_ENV.relative_to(REPO_ROOT)}: API key {{key}} (header x-api-key);
-# JWTs: .venv/bin/python -m services.credentials token [--sub NAME] [--scope SCOPES]"""
+# JWTs: .venv/bin/python -m services.credentials token [--sub NAME] [--scope SCOPES]
+# the admin API is on with the dev token BRIDGE_ADMIN_TOKEN (also in that file), so after
+# `source {DEV_ENV.relative_to(REPO_ROOT)}`: .venv/bin/bridge protos list"""
 
 
 @dataclass
@@ -98,16 +105,61 @@ def start_all(children: list[Child]) -> None:
     children.append(spawn("bridge", bridge, {**os.environ, **dev_credentials(os.environ)}))
 
 
-def probe(url: str) -> str | None:
-    """Return None when url answers 200, else what went wrong."""
+def busy_ports(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
+    """Which of the named ports something already listens on (a second ``make run``, say)."""
+    busy = []
+    for name, port in ports.items():
+        with socket.socket() as sock:
+            # As the servers bind: a closed connection's TIME_WAIT does not count, a listener does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(f"{host}:{port} ({name})")
+    return busy
+
+
+def probe(url: str, upstreams: tuple[str, ...] = EXAMPLE_UPSTREAMS) -> str | None:
+    """Return None when url answers 200 and reports the named upstreams ready, else why not.
+
+    Only those: a registration left in ``.bridge/registry`` whose backend is gone is
+    reported after start-up, never a reason for ``make run`` to give up.
+    """
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
-            return None if response.status == 200 else f"{url} answered {response.status}"
+            if response.status != 200:
+                return f"{url} answered {response.status}"
+            detail = json.loads(response.read()).get("upstreams", {})
     except urllib.error.HTTPError as exc:
         body = exc.read(500).decode(errors="replace").strip()
         return f"{url} answered {exc.code}: {body}"
     except (urllib.error.URLError, OSError) as exc:
         return f"{url}: {getattr(exc, 'reason', exc)}"
+    except ValueError:
+        return f"{url} answered something other than JSON"
+    down = [name for name in upstreams if not detail.get(name, {}).get("ready")]
+    return f"upstreams not reachable yet: {', '.join(down)}" if down else None
+
+
+def unreachable_upstreams(url: str) -> list[str]:
+    """The upstreams /readyz reports unreachable (registered ones whose backend is gone)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            detail = json.loads(response.read()).get("upstreams", {})
+    except (OSError, ValueError):
+        return []
+    return sorted(name for name, state in detail.items() if not state.get("ready"))
+
+
+def describe_down(upstream: str) -> str:
+    """What to tell about an unreachable upstream, with the way out for a stale registration."""
+    registration = upstream.removeprefix("registration:")
+    if registration == upstream:
+        return f"upstream '{upstream}' is not reachable"
+    return (
+        f"registration '{registration}': its backend is not reachable (remove it with "
+        f"`.venv/bin/bridge protos remove {registration}`, or `make clean` drops every one)"
+    )
 
 
 def wait_ready(children: list[Child], url: str, timeout: float) -> str | None:
@@ -163,6 +215,13 @@ def main() -> int:
     # Python would inherit that instead of raising KeyboardInterrupt.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    if busy := busy_ports(PORTS):
+        print(
+            f"run: already in use: {', '.join(busy)}; is another `make run` running? "
+            "Stop it (Ctrl-C) or free the port first.",
+            file=sys.stderr,
+        )
+        return 1
     children: list[Child] = []
     try:
         start_all(children)
@@ -172,6 +231,8 @@ def main() -> int:
         print(f"\nBridge ready on {BRIDGE_URL} (Ctrl-C stops everything). Try:\n", flush=True)
         print(CURL_EXAMPLES, flush=True)
         print(DEV_NOTE.format(key=dev_credentials(os.environ)["BRIDGE_DEMO_KEY"]), flush=True)
+        for name in unreachable_upstreams(f"{BRIDGE_URL}/readyz"):
+            print(f"run: warning: {describe_down(name)}", file=sys.stderr)
         print(f"run: stopping because {wait_for_exit(children)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -248,7 +248,7 @@ async def bridge_to_backend(
 
 async def test_backend_down_then_back(bridge_to_backend, echo_backend):
     bridge = bridge_to_backend
-    status, body, _ = await bridge.json("GET", "/readyz")
+    status, body, _ = await bridge.json("GET", "/readyz?upstreams=all")
     assert status == 200, body
     assert (await echo_call(bridge))[0] == 200
 
@@ -264,7 +264,7 @@ async def test_backend_down_then_back(bridge_to_backend, echo_backend):
     assert status == 503, body
     assert body["code"] == 14
 
-    status, body, _ = await bridge.json("GET", "/readyz")
+    status, body, _ = await bridge.json("GET", "/readyz?upstreams=all")
     assert status == 503, body
     assert body["ready"] is False
     echo = body["upstreams"]["echo"]
@@ -282,7 +282,7 @@ async def test_backend_down_then_back(bridge_to_backend, echo_backend):
         return (await echo_call(bridge))[0] == 200
 
     async def ready() -> bool:
-        return (await bridge.json("GET", "/readyz"))[0] == 200
+        return (await bridge.json("GET", "/readyz?upstreams=all"))[0] == 200
 
     await wait_for(echo_ok, 5.0, "calls to succeed after the backend restarted")
     await wait_for(ready, 5.0, "/readyz to be 200 after the backend restarted")
@@ -296,7 +296,7 @@ async def test_healthz_is_200_with_every_backend_down(start_bridge, users_server
     bridge = await start_bridge(demo_config(users_server, 1))
     status, body, _ = await bridge.json("GET", "/healthz")
     assert status == 200, body
-    status, body, _ = await bridge.json("GET", "/readyz")
+    status, body, _ = await bridge.json("GET", "/readyz?upstreams=all")
     assert status == 503, body
     assert body["upstreams"]["echo"]["ready"] is False
 
