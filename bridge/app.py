@@ -118,6 +118,8 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/ws", sockets.handle)
     app.router.add_get("/demo", _demo)
+    app.router.add_get("/docs", _docs)
+    app.router.add_get("/", _to_docs)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_static("/static", STATIC)
     # [\s\S], not ".": a path may hold a newline (%0A), which "." would leave to aiohttp's 404.
@@ -174,6 +176,15 @@ async def _openapi(request: web.Request) -> web.Response:
 
 async def _demo(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "demo.html")
+
+
+async def _docs(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "docs.html")
+
+
+async def _to_docs(request: web.Request) -> web.Response:
+    """``/`` leads people to the page that lists what this bridge serves."""
+    return web.Response(status=302, headers={"Location": "/docs"})
 
 
 async def _healthz(request: web.Request) -> web.Response:

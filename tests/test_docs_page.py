@@ -1,0 +1,112 @@
+"""The /docs page in headless Chromium: it lists the services, runs calls, follows registrations.
+
+The page reads the bridge's /openapi.json; nothing here stubs it. A screenshot of the page at
+the end is kept under the test's tmp_path (pytest keeps the last runs) and its path printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Bridge, StartBridge, demo_config
+from tests.teams import PING, PING_FILE, TOKEN, TeamServer, ping, register
+from tests.test_browser import PageProblems, chromium_page
+
+USERS = "demo.users.v1.UserService"
+ECHO = "demo.echo.v1.EchoService"
+
+
+async def test_root_leads_to_the_docs_page(demo: Bridge) -> None:
+    async with demo.request("GET", "/", allow_redirects=False) as resp:
+        assert (resp.status, resp.headers["Location"]) == (302, "/docs")
+    async with demo.request("GET", "/docs") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        assert '<script type="module" src="/static/docs.js">' in await resp.text()
+
+
+async def test_docs_page_lists_calls_and_follows_registrations(
+    tmp_path: Path, start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    from playwright.async_api import expect
+
+    bridge = await start_bridge(demo_config(users_server, echo_server, admin={"token": TOKEN}))
+    team = await TeamServer(tmp_path / "team").start()
+    try:
+        async with chromium_page(tmp_path) as page:
+            problems = PageProblems(page)
+            await page.goto(bridge.url + "/")
+            assert page.url == bridge.url + "/docs"
+            for service in (USERS, ECHO):
+                await expect(page.locator(f'section[data-service="{service}"]')).to_be_visible()
+
+            await check_unary_over_rest(page)
+            ticks = await check_server_stream(page)
+            await check_client_stream_and_bidi(page)
+
+            await team.deploy({PING_FILE: PING}, {"acme.ping.v1.Ping/Get": ping})
+            assert (await register(bridge, "ping", {PING_FILE: PING}, team.target))[0] == 201
+            get = page.locator('details[data-method="acme.ping.v1.Ping/Get"]')
+            await expect(get).to_be_attached()  # no reload: the page polls /openapi.json
+            await get.locator("summary.head").click()
+            await get.locator('form.rest input[name="id"]').fill("7")
+            await get.locator("form.rest .send").click()
+            await expect(get.locator(".rest-result")).to_contain_text('"id": "7"')
+            # The methods already on the page were kept, with what they showed.
+            await expect(ticks).to_have_count(3)
+
+            shot = tmp_path / "docs.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            print(f"docs page screenshot: {shot}")
+            assert problems.seen == []
+    finally:
+        await team.stop()
+
+
+async def check_unary_over_rest(page: Any) -> None:
+    from playwright.async_api import expect
+
+    get_user = page.locator(f'details[data-method="{USERS}/GetUser"]')
+    await get_user.locator("summary.head").click()
+    await expect(get_user.locator("div.response table.shape").first).to_contain_text("displayName")
+    await get_user.locator('form.rest input[name="id"]').fill("1")
+    await get_user.locator("form.rest .send").click()
+    await expect(get_user.locator(".rest-status")).to_contain_text("200 OK")
+    await expect(get_user.locator(".rest-result")).to_contain_text("Ada Lovelace")
+
+
+async def check_server_stream(page: Any) -> Any:
+    from playwright.async_api import expect
+
+    tick = page.locator(f'details[data-method="{ECHO}/Tick"]')
+    await tick.locator("summary.head").click()
+    await tick.locator("textarea.message").fill('{"count": 3, "intervalMs": 30}')
+    await tick.locator("button.start").click()
+    received = tick.locator("ol.messages li.received")
+    await expect(received).to_have_count(3)
+    await expect(received.nth(2)).to_contain_text('"seq":"3"')
+    await expect(tick.locator(".stream-status")).to_have_text("OK · 3 messages")
+    return received
+
+
+async def check_client_stream_and_bidi(page: Any) -> None:
+    from playwright.async_api import expect
+
+    total = page.locator(f'details[data-method="{ECHO}/Sum"]')
+    await total.locator("summary.head").click()
+    for value in (2, 5):
+        await total.locator("textarea.message").fill(f'{{"value": {value}}}')
+        await total.locator("button.send").click()
+    await total.locator("button.end").click()
+    await expect(total.locator("li.received")).to_contain_text('"total":"7"')
+    await expect(total.locator(".stream-status")).to_have_text("OK · 1 message")
+
+    chat = page.locator(f'details[data-method="{ECHO}/Chat"]')
+    await chat.locator("summary.head").click()
+    await chat.locator("textarea.message").fill('{"user": "ada", "text": "hi"}')
+    await chat.locator("button.send").click()
+    echoed = '{"user":"echo","text":"ada: hi","seq":"1"}'
+    await expect(chat.locator("li.received")).to_have_text([echoed])
+    await chat.locator("button.end").click()
+    await expect(chat.locator(".stream-status")).to_have_text("OK · 1 message")
