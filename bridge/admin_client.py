@@ -23,21 +23,44 @@ def add_commands(commands: Any) -> None:
     """Register ``protos add|list|remove`` under the ``bridge`` command."""
     protos = commands.add_parser("protos", help="register .proto files with a running bridge")
     actions = protos.add_subparsers(required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="upload .proto files and their local imports")
-    add.add_argument("files", nargs="+", metavar="FILE")
-    add.add_argument("--name", required=True)
+    add = actions.add_parser(
+        "add",
+        help="upload .proto files and their local imports",
+        description="Upload .proto files (and the imports found under the proto root) to a "
+        "running bridge, which compiles them and serves their methods at once. The admin "
+        f"token comes from {TOKEN_ENV}.",
+    )
+    add.add_argument(
+        "files", nargs="+", metavar="FILE",
+        help="the .proto files to register, as paths under the proto root (see -I)",
+    )  # fmt: skip
+    add.add_argument(
+        "--name", required=True,
+        help="the registration's name: adding the same name again replaces it",
+    )  # fmt: skip
     where = add.add_mutually_exclusive_group(required=True)
-    where.add_argument("--upstream", help="a configured upstream")
-    where.add_argument("--target", action="append", help="HOST:PORT (repeatable)")
-    add.add_argument("-I", dest="root", default=".", help="proto root (default: current folder)")
+    where.add_argument(
+        "--upstream", help="the name of an upstream in the bridge's config that serves them"
+    )
+    where.add_argument(
+        "--target", action="append",
+        help="HOST:PORT of the gRPC server that serves them (repeat for several)",
+    )  # fmt: skip
+    add.add_argument(
+        "-I", dest="root", default=".", metavar="ROOT",
+        help="the proto root the files and their imports are named from (default: .)",
+    )  # fmt: skip
     add.set_defaults(run=_add)
     listing = actions.add_parser("list", help="list the registrations")
     listing.set_defaults(run=_list)
     remove = actions.add_parser("remove", help="remove a registration and its routes")
-    remove.add_argument("name")
+    remove.add_argument("name", help="the registration's name, as protos list shows it")
     remove.set_defaults(run=_remove)
     for parser in (add, listing, remove):
-        parser.add_argument("--admin", default="http://127.0.0.1:8080", help="the bridge's URL")
+        parser.add_argument(
+            "--admin", default="http://127.0.0.1:8080", metavar="URL",
+            help="the running bridge's URL (default: http://127.0.0.1:8080)",
+        )  # fmt: skip
 
 
 def collect(files: list[str], root: Path) -> dict[str, str]:
@@ -85,6 +108,8 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     _, reply = _call(args.admin, "GET", "/admin/protos")
+    if not reply["protos"]:
+        print("no registrations")
     for item in reply["protos"]:
         where = item.get("upstream") or ", ".join(item.get("targets", []))
         print(f"{item['name']}  ({where})  {', '.join(item['services'])}")
@@ -120,7 +145,10 @@ def _explain(exc: urllib.error.HTTPError) -> str:
         status = json.loads(exc.read())
     except ValueError:
         return f"HTTP {exc.code}"
-    lines = [f"HTTP {exc.code}: {status.get('message', '')}"]
-    for error in status.get("errors", []):
+    errors = status.get("errors", [])
+    # A compile error's message repeats the first diagnostic that the list below holds.
+    message = f"{len(errors)} compile error(s):" if errors else status.get("message", "")
+    lines = [f"HTTP {exc.code}: {message}"]
+    for error in errors:
         lines.append(f"  {error['file']}:{error['line']}:{error['column']}: {error['message']}")
     return "\n".join(lines)

@@ -1,4 +1,7 @@
-"""The ``bridge`` command: serve, check, openapi, schema, and protos add|list|remove."""
+"""The bridge command: serve, check, openapi, schema, and protos add|list|remove.
+
+Plain text, no markup: argparse prints this docstring as ``bridge --help``'s description.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from bridge.policy import Chains
 from bridge.registry import CompileError, Registry, SnapshotError
 
 log = logging.getLogger("bridge")
+CONFIG_HELP = "the YAML config file (bridge.yaml; bridge schema prints its JSON Schema)"
 
 
 class Fatal(Exception):
@@ -36,21 +40,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_left()
+
+
+def _reader_left() -> int:
+    """``bridge openapi | head``: the reader closed the pipe, which is not an error to report.
+
+    stdout is pointed at /dev/null so that Python's flush at exit does not raise again, and
+    the exit code is a shell's for SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bridge", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve HTTP/JSON and WebSocket in front of gRPC")
-    serve.add_argument("--config", required=True)
-    serve.add_argument("--listen", help="HOST:PORT, overrides the config's listen")
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="the address to listen on, instead of the config's"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="processes sharing the port (default: 1)",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
     check = commands.add_parser("check", help="validate the config and protos, print the routes")
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     check.set_defaults(run=_check)
     openapi = commands.add_parser("openapi", help="print the OpenAPI 3.1 document of the routes")
-    openapi.add_argument("--config", required=True)
+    openapi.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     openapi.set_defaults(run=_openapi)
     schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
     schema.set_defaults(run=_schema)
@@ -104,20 +127,37 @@ def _check(args: argparse.Namespace) -> int:
     registry = asyncio.run(_load(settings, policies.chain))
     composition = Composition.of(settings)
     _check_composition(settings, composition, registry)
-    for line in composition.describe():
+    for line in route_table(registry, composition):
         print(line)
-    for route in registry.snapshot.routes.routes:
-        method = route.target.method
-        print(
-            f"{route.verb:7} {route.template.source}  ->  {method.full_name} "
-            f"({method.kind}, upstream {method.upstream})"
-        )
     print(
         f"ok: {len(registry.snapshot.methods)} methods, "
         f"{len(registry.snapshot.routes.routes)} routes, {len(composition.routes)} config routes",
         file=sys.stderr,
     )
     return 0
+
+
+def route_table(registry: Registry, composition: Any) -> list[str]:
+    """The routes as aligned columns: the config's (aggregates, static) first, as matched."""
+    rows = [("VERB", "PATH", "METHOD", "KIND", "UPSTREAM")]
+    notes = []
+    for route, line in zip(composition.routes, composition.describe(), strict=True):
+        # describe() says "VERB PATH  ->  what (owner)"; the table keeps the what as a note.
+        what = line.partition("  ->  ")[2].removesuffix(f" ({route.owner})")
+        kind = "aggregate" if what.startswith("aggregate ") else what  # or "static 200"
+        rows.append((route.verb, route.template.source, route.owner, kind, "-"))
+        notes.append(f"{route.owner}: {what}" if kind == "aggregate" else "")
+    for route in registry.snapshot.routes.routes:
+        method = route.target.method
+        rows.append(
+            (route.verb, route.template.source, method.full_name, method.kind, method.upstream)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    ]  # the last column unpadded: no trailing blanks
+    return lines + [""] * any(notes) + [note for note in notes if note]
 
 
 def _check_composition(settings: Settings, composition: Any, registry: Registry) -> None:

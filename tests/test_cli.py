@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -64,9 +65,59 @@ DEV_CREDENTIALS = {"BRIDGE_API_KEYS": "demo=k", "BRIDGE_JWT_SECRET": "s" * 32}
 def test_check_prints_the_route_table_of_the_committed_config():
     result = bridge("check", "--config", "bridge.yaml", env=DEV_CREDENTIALS)
     assert result.returncode == 0, result.stderr
-    assert "GET     /v1/users/{id}  ->  demo.users.v1.UserService/GetUser" in result.stdout
-    assert "PATCH   /v1/{user.name=users/*}" in result.stdout
-    assert "POST    /demo.echo.v1.EchoService/Echo" in result.stdout
+    lines = result.stdout.splitlines()
+    rows = [line.split() for line in lines]
+    assert rows[0] == ["VERB", "PATH", "METHOD", "KIND", "UPSTREAM"]
+    assert ["GET", "/v1/users/{id}", "demo.users.v1.UserService/GetUser", "unary", "users"] in rows
+    assert ["PATCH", "/v1/{user.name=users/*}", "demo.users.v1.UserService/UpdateUser", "unary",
+            "users"] in rows  # fmt: skip
+    assert ["POST", "/demo.echo.v1.EchoService/Echo", "demo.echo.v1.EchoService/Echo", "unary",
+            "echo"] in rows  # fmt: skip
+    # the config's routes too, and the aggregate's calls in a note below the table
+    assert ["GET", "/bff/v1/users/{id}/home", "aggregates[0]", "aggregate", "-"] in rows
+    assert ["GET", "/v1/status", "static[0]", "static", "200", "-"] in rows
+    assert any(line.startswith("aggregates[0]: aggregate of user (") for line in lines)
+    # aligned: every column starts where the header's does
+    table = lines[: lines.index("")]
+    for column in ("PATH", "METHOD", "KIND", "UPSTREAM"):
+        start = lines[0].index(column)
+        assert all(line[start - 2 : start] == "  " and line[start] != " " for line in table)
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `bridge openapi --config bridge.yaml | head -1`: the reader leaves after one line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "openapi", "--config", "bridge.yaml"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **DEV_CREDENTIALS},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "{\n"
+    proc.stdout.close()
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode in (0, 141), err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def _parsers(parser):
+    """The parser and every subcommand's parser, recursively."""
+    yield parser
+    for action in parser._actions:  # argparse keeps its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_argument_has_a_help_text_and_no_markup():
+    from bridge.cli import _parser
+
+    parsers = list(_parsers(_parser()))
+    assert {p.prog for p in parsers} >= {"bridge serve", "bridge protos add", "bridge protos list"}
+    for parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, (parser.prog, action.dest)
+        assert "``" not in parser.format_help() and "`" not in parser.format_help(), parser.prog
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ async def test_add_list_remove(start_bridge: StartBridge, shop: TeamServer, root
     assert (code, out) == (0, "removed 'shop'\n"), err
     assert (await bridge.json("GET", "/v1/carts/c7"))[0] == 404
     code, out, err = await bridge_cli("list", cwd=root, admin_url=bridge.url)
-    assert (code, out) == (0, ""), err
+    assert (code, out) == (0, "no registrations\n"), err
 
 
 async def test_the_root_defaults_to_the_current_folder(
@@ -160,6 +160,7 @@ async def test_errors_are_one_readable_report(start_bridge: StartBridge, root: P
     assert code == 2 and out == ""
     assert err.startswith("bridge: HTTP 400: ")
     assert '  acme/broken/v1/thing.proto:5:3: "Missing" is not defined.' in err.splitlines()
+    assert err.count('"Missing" is not defined') == 1, err  # once, not in the message too
     assert "Traceback" not in err
 
     cases = [
