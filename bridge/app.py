@@ -22,6 +22,7 @@ from bridge.edge.cors import Cors, route_methods
 from bridge.edge.proxies import TrustedProxies, client_address
 from bridge.errors import error_response
 from bridge.http import RID, RestGateway
+from bridge.observe import metrics
 from bridge.openapi import openapi_document
 from bridge.policy import Chains
 from bridge.policy.chains import Policies
@@ -116,6 +117,8 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
         )
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    shown = metrics.exposition_registry(metrics.State(upstreams, registry))
+    app.router.add_get("/metrics", metrics.handler(shown))
     app.router.add_get("/ws", sockets.handle)
     app.router.add_get("/demo", _demo)
     app.router.add_get("/docs", _docs)
@@ -166,11 +169,9 @@ async def _openapi(request: web.Request) -> web.Response:
     snapshot = request.app[REGISTRY].snapshot
     body = _DOCUMENTS.get(snapshot)
     if body is None:
-        settings, composed = request.app[SETTINGS], request.app[COMPOSITION].routes
-        document = openapi_document(
-            snapshot, use_proto_names=settings.json.use_proto_names, composed=composed,
-            auth=settings.auth,
-        )  # fmt: skip
+        use_proto_names = request.app[SETTINGS].json.use_proto_names
+        composed = request.app[COMPOSITION].routes
+        document = openapi_document(snapshot, use_proto_names=use_proto_names, composed=composed)
         body = json.dumps(document).encode()
         _DOCUMENTS[snapshot] = body
     return web.Response(body=body, content_type="application/json")

@@ -11,8 +11,10 @@ import contextlib
 import logging
 import os
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -187,7 +189,6 @@ def _openapi(args: argparse.Namespace) -> int:
         registry.snapshot,
         use_proto_names=settings.json.use_proto_names,
         composed=Composition.of(settings).routes,
-        auth=settings.auth,
     )
     print(json.dumps(document, indent=2, ensure_ascii=False))
     return 0
@@ -272,6 +273,23 @@ def _worker(settings: Settings, host: str, port: int) -> int:
 
 def _serve_many(settings: Settings, host: str, port: int, workers: int) -> int:
     """Fork ``workers`` processes that share the port through SO_REUSEPORT."""
+    with _shared_metrics():
+        return _fork(settings, host, port, workers)
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """Workers write their metrics to one temporary directory and each /metrics sums them all
+    (prometheus-client's multiprocess mode); set before prometheus-client is first imported."""
+    path = tempfile.mkdtemp(prefix="bridge-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fork(settings: Settings, host: str, port: int, workers: int) -> int:
     asyncio.run(_load(settings))  # fail once, before forking, on a bad proto
     children = []
     for _ in range(workers):

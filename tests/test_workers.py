@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -49,20 +51,31 @@ async def eventually(url: str, expected: int, timeout: float = 10.0) -> list[int
         await asyncio.sleep(0.3)
 
 
-async def test_registrations_reach_every_worker(tmp_path: Path, echo_server: int) -> None:
+@asynccontextmanager
+async def serving(config: Path) -> AsyncIterator[str]:
+    """``bridge serve --workers 2``: its base URL; on exit SIGTERM, a clean and quiet end."""
     port = free_port()
-    config = tmp_path / "bridge.yaml"
-    config.write_text(
-        f"admin: {{token: {TOKEN}}}\nprotos: {{store: {tmp_path / 'store'}}}\n"
-        "upstreams: {echo: {targets: ['127.0.0.1:%d']}}\n" % echo_server
-    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge.cli", "serve", "--config", str(config),
         "--listen", f"127.0.0.1:{port}", "--workers", "2", cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+
+
+async def test_registrations_reach_every_worker(tmp_path: Path, echo_server: int) -> None:
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        f"admin: {{token: {TOKEN}}}\nprotos: {{store: {tmp_path / 'store'}}}\n"
+        "upstreams: {echo: {targets: ['127.0.0.1:%d']}}\n" % echo_server
+    )
+    async with serving(config) as base:
         await eventually(base + "/healthz", 200, timeout=20)
         headers = {"Authorization": f"Bearer {TOKEN}"}
         body = {"name": "echo2", "files": {"e/echo.proto": PROTO}, "upstream": "echo"}
@@ -77,9 +90,4 @@ async def test_registrations_reach_every_worker(tmp_path: Path, echo_server: int
                 assert resp.status == 200, await resp.text()
         found = await eventually(base + "/v2/echo/hi", 404)
         assert set(found) == {404}, found
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 0, err.decode()
-    assert b"Traceback" not in err
     assert os.listdir(tmp_path / "store") == []

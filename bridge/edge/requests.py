@@ -15,6 +15,7 @@ from bridge import errors
 from bridge.config import Limits
 from bridge.edge.protocol import parse_error, quote, version_error
 from bridge.errors import BridgeError, error_response
+from bridge.observe.metrics import REJECTED_LIMIT
 
 LIMITS: Final = web.AppKey("limits", Limits)  # read by read_body for limits.body_timeout
 
@@ -64,6 +65,7 @@ class RequestGate:
         if declared <= limit:
             return None
         key = "limits.admin_max_body" if admin else "limits.max_body"
+        REJECTED_LIMIT.inc()
         return BridgeError(
             errors.RESOURCE_EXHAUSTED,
             f"request body of {declared} bytes is over {limit} bytes ({key})",
@@ -137,4 +139,5 @@ async def _read_up_to(content: StreamReader, limit: int, what: str, key: str) ->
 
 
 def _too_large(what: str, limit: int, key: str) -> BridgeError:
+    REJECTED_LIMIT.inc()
     return BridgeError(errors.RESOURCE_EXHAUSTED, f"{what} over {limit} bytes ({key})", status=413)

@@ -32,6 +32,7 @@ from bridge.call import Call, Invoke, Principal, Reply
 from bridge.config import AuthRule, ConfigError
 from bridge.edge.protocol import quote
 from bridge.errors import BridgeError
+from bridge.observe.metrics import REJECTED_AUTH, REJECTED_SCOPE
 
 if TYPE_CHECKING:
     from bridge.config import ApiKeySettings, AuthSettings, JwtSettings
@@ -370,6 +371,7 @@ class Authenticator:
         if self._api_keys is not None and require in (API_KEY, ANY):
             challenges.append(f'ApiKey {_REALM}, header="{self._api_keys.header}"')
         headers = {"WWW-Authenticate": ", ".join(challenges or [f"Bearer {_REALM}"])}
+        REJECTED_AUTH.inc()
         return BridgeError(errors.UNAUTHENTICATED, message, headers=headers)
 
     def wanted(self, require: str) -> str:
@@ -471,6 +473,7 @@ def _forbidden(missing: frozenset[str], principal: Principal) -> BridgeError:
     headers = {}
     if principal.kind == JWT:  # RFC 6750 section 3.1
         headers["WWW-Authenticate"] = f'Bearer {_REALM}, error="insufficient_scope"'
+    REJECTED_SCOPE.inc()
     return BridgeError(
         errors.PERMISSION_DENIED,
         f"the credential lacks the scope{plural} {names}",

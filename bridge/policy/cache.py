@@ -43,6 +43,7 @@ from multidict import MultiMapping
 
 from bridge.call import Call, Invoke, Reply
 from bridge.errors import BridgeError, http_status
+from bridge.observe.metrics import CACHE_HIT, CACHE_MISS, CACHE_STALE
 from bridge.policy.cache_store import CacheEntry, CacheStore
 from bridge.upstream.call import UnaryReply
 from bridge.upstream.metadata import Metadata
@@ -178,8 +179,10 @@ class CacheStep:
             call.response_headers[X_CACHE] = HIT
             reply = self._reply(entry)
             if reply is not None:
+                CACHE_HIT.inc()
                 return reply
         call.response_headers[X_CACHE] = MISS
+        CACHE_MISS.inc()
         while True:
             flight = cache.flights.get(key)
             outcome: _Outcome | _Answer
@@ -235,6 +238,7 @@ class CacheStep:
         if reply is None:
             raise _copy(error)  # each waiting call adds its own headers to its error
         call.response_headers[X_CACHE] = STALE
+        CACHE_STALE.inc()
         call.response_headers[FALLBACK] = "true"
         return reply
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from bridge.call import Invoke, Step
 from bridge.config import Settings
+from bridge.observe.metrics import Observed
 from bridge.policy import Identify, compose
 from bridge.policy.auth import Authenticator
 from bridge.policy.buckets import MemoryBuckets
@@ -67,7 +68,7 @@ class Policies:
 
     def chain(self, method: Method) -> Invoke:
         """The steps whose rules match ``method``, in front of the terminal; decided once."""
-        steps: list[Step] = []
+        steps: list[Step] = [Observed(method)]  # outermost: counts every outcome (SPEC 8)
         if self.auth is not None:
             step = self.auth.step(self.auth.rule_for(method.full_name))
             if step is not None:

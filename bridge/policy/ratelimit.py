@@ -23,6 +23,7 @@ from typing import Final, Protocol
 
 from bridge.call import Call, Invoke, Reply
 from bridge.errors import RESOURCE_EXHAUSTED, BridgeError
+from bridge.observe.metrics import REJECTED_RATE
 from bridge.policy.buckets import BucketStore
 
 IP: Final = "ip"
@@ -109,6 +110,7 @@ class RateLimitStep:
             headers[RESET] = str(math.ceil(reset))
             return await next(call)
         retry = max(1, math.ceil(retry_after))
+        REJECTED_RATE.inc()
         raise BridgeError(
             RESOURCE_EXHAUSTED,
             f"rate limit exceeded ({self._burst} requests at once, then {self._rate:g} a "

@@ -78,6 +78,7 @@ class Binding:
     request: RequestPlan
     response: ResponsePlan
     invoke: Invoke  # the method's policy steps and the upstream call, shared by its routes
+    route: str = ""  # the route's template (the metrics' bounded route label)
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ def _route(
         )
     except (TemplateError, FieldError) as exc:
         raise SnapshotError(f"{method.full_name}: {verb} {path}: {exc}") from None
-    return Route(verb, template, Binding(method, request, response, invoke), method.full_name)
+    return Route(verb, template, Binding(method, request, response, invoke, path), method.full_name)
 
 
 def _response_field(method: Method, name: str):  # type: ignore[no-untyped-def]

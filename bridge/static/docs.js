@@ -17,37 +17,18 @@ const STREAMING = new Set(["server_streaming", "client_streaming", "bidi_streami
 
 const sectionsByKey = new Map(); // method key -> { signature, element }
 let lastText = null;
-let connected = null; // { url, promise of a Bridge }
+let bridgePromise = null;
 
-/**
- * The WebSocket connection, opened on first use and again after it closes or the credential
- * changes. A browser cannot set headers on a WebSocket, so a bearer token goes in the upgrade's
- * `access_token` query parameter (the bridge accepts it there); other credentials go as each
- * call's metadata.
- */
+/** The WebSocket connection, opened on first use and again after it closes. */
 function connection() {
-  const token = (credential().authorization || "").match(/^Bearer\s+(.+)$/i);
-  const url = token ? `/ws?access_token=${encodeURIComponent(token[1])}` : "/ws";
-  if (connected === null || connected.url !== url) {
-    if (connected !== null) connected.promise.then((b) => b.close(), () => {});
-    const promise = Bridge.connect(url);
-    const entry = { url, promise };
-    promise.then((bridge) => {
-      bridge.onclose = () => connected === entry && (connected = null);
-    }, () => connected === entry && (connected = null));
-    connected = entry;
+  if (bridgePromise === null) {
+    bridgePromise = Bridge.connect().then((bridge) => {
+      bridge.onclose = () => (bridgePromise = null);
+      return bridge;
+    });
+    bridgePromise.catch(() => (bridgePromise = null));
   }
-  return connected.promise;
-}
-
-/**
- * The credential typed on the page ({} when none): a header of REST calls and metadata of
- * WebSocket calls, under the name the bridge's auth config uses (Authorization, x-api-key...).
- */
-function credential() {
-  const name = document.getElementById("credential-header").value.trim().toLowerCase();
-  const value = document.getElementById("credential-value").value.trim();
-  return name && value ? { [name]: value } : {};
+  return bridgePromise;
 }
 
 function el(tag, attributes = {}, ...children) {
@@ -252,7 +233,7 @@ async function sendRest(route, fields, status, result) {
     } else if (input.value !== "") query.append(input.name, input.value);
   }
   const url = path + (query.size ? `?${query}` : "");
-  const init = { method: route.verb.toUpperCase(), headers: credential() };
+  const init = { method: route.verb.toUpperCase(), headers: {} };
   const body = fields.querySelector("textarea.body");
   if (body) {
     init.body = body.value;
@@ -327,10 +308,8 @@ function streamForm(method) {
       return null;
     }
     let received = 0;
-    const options = { metadata: credential() };
-    const call = kind === "server_streaming" ? bridge.serverStream(method.key, first, options)
-      : kind === "client_streaming" ? bridge.clientStream(method.key, options)
-        : bridge.bidi(method.key, options);
+    const call = kind === "server_streaming" ? bridge.serverStream(method.key, first)
+      : kind === "client_streaming" ? bridge.clientStream(method.key) : bridge.bidi(method.key);
     state.call = call;
     const reading = kind === "client_streaming"
       ? call.response.then((r) => { received += 1; show(JSON.stringify(r)); }, () => {})
@@ -444,7 +423,6 @@ function render(doc) {
 }
 
 async function refresh() {
-  if (document.hidden && lastText !== null) return; // a tab in the background need not poll
   try {
     const response = await fetch("/openapi.json", { cache: "no-store" });
     if (!response.ok) throw new Error(`/openapi.json: HTTP ${response.status}`);

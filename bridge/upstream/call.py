@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from bridge import errors
 from bridge.call import Call, Reply
 from bridge.errors import BridgeError
+from bridge.observe.metrics import RETRIES, UPSTREAM_ERRORS
 from bridge.transcode.response import error_from_status
 from bridge.upstream.balancer import Target as PoolTarget
 from bridge.upstream.metadata import SUBJECT, Metadata, response_headers
@@ -67,6 +68,7 @@ class Upstream:
         while True:
             target = upstream.balancer.pick(avoid=target)
             if target is None:
+                UPSTREAM_ERRORS.labels(upstream.name, "UNAVAILABLE").inc()
                 raise BridgeError(
                     errors.UNAVAILABLE,
                     f"upstream '{upstream.name}': no target in the rotation"
@@ -79,6 +81,7 @@ class Upstream:
                 reply = await _attempt(upstream, target, call, method, left, metadata, tries)
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details()
+                UPSTREAM_ERRORS.labels(upstream.name, code.name).inc()
                 if code in TARGET_FAILURES:
                     target.failed()
                 else:
@@ -86,6 +89,7 @@ class Upstream:
                 unsent = never_reached(code, details)
                 if unsent and _replayable(call) and transparent < len(upstream.targets) - 1:
                     transparent += 1  # transparent retry: at once, on another target
+                    RETRIES.labels(upstream.name).inc()
                     continue
                 tries += 1
                 wait = _retry_wait(upstream, call, code, tries, left)
@@ -96,6 +100,7 @@ class Upstream:
                             f"upstream '{upstream.name}': no target reachable ({details})",
                         ) from None
                     raise rpc_error(exc, call.binding.request.pool) from None
+                RETRIES.labels(upstream.name).inc()
                 await asyncio.sleep(wait)
                 continue
             except BaseException:

@@ -13,6 +13,7 @@ from bridge import errors
 from bridge.config import Settings
 from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
+from bridge.observe.metrics import WS_CONNECTIONS
 from bridge.policy import Identify
 from bridge.registry import Registry
 from bridge.upstream.metadata import REQUEST_ID, request_metadata
@@ -64,10 +65,12 @@ class WebSocketGateway:
             max_calls=self.limits.ws_max_calls, max_metadata=self.limits.max_metadata,
         )  # fmt: skip
         self.sessions.add(session)
+        WS_CONNECTIONS.inc()
         try:
             await session.serve()
         finally:
             self.sessions.discard(session)
+            WS_CONNECTIONS.dec()
         await ws.drained()  # returning closes the transport, draining or not
         return ws
 
