@@ -169,9 +169,11 @@ async def _openapi(request: web.Request) -> web.Response:
     snapshot = request.app[REGISTRY].snapshot
     body = _DOCUMENTS.get(snapshot)
     if body is None:
-        use_proto_names = request.app[SETTINGS].json.use_proto_names
-        composed = request.app[COMPOSITION].routes
-        document = openapi_document(snapshot, use_proto_names=use_proto_names, composed=composed)
+        settings, composed = request.app[SETTINGS], request.app[COMPOSITION].routes
+        document = openapi_document(
+            snapshot, use_proto_names=settings.json.use_proto_names, composed=composed,
+            auth=settings.auth,
+        )  # fmt: skip
         body = json.dumps(document).encode()
         _DOCUMENTS[snapshot] = body
     return web.Response(body=body, content_type="application/json")

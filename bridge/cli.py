@@ -189,6 +189,7 @@ def _openapi(args: argparse.Namespace) -> int:
         registry.snapshot,
         use_proto_names=settings.json.use_proto_names,
         composed=Composition.of(settings).routes,
+        auth=settings.auth,
     )
     print(json.dumps(document, indent=2, ensure_ascii=False))
     return 0

@@ -1,10 +1,14 @@
 """The OpenAPI 3.1 document of a snapshot's HTTP routes, with schemas derived from the messages.
 
-Paths follow grpc-gateway's openapiv2 generator: ``/v1/{name=users/*}`` becomes ``/v1/{name}``
-whose parameter carries the pattern ``^users/[^/]+$`` (the value includes the literal part),
-and a trailing ``:verb`` stays literal. Schemas follow the proto3 JSON mapping the bridge
-speaks (int64 as string, enums by name, well-known types in their JSON forms). Paths, methods
-and schemas come out in a fixed order, so one snapshot always gives the same document.
+A patterned variable keeps its literal segments in the path: ``/v1/{name=users/*}`` becomes
+``/v1/users/{name}`` whose parameter holds the last segment only, so a generated client that
+fills it with ``2`` sends ``/v1/users/2``, which the bridge routes (a parameter holding
+``users/2`` would be sent percent-encoded, ``users%2F2``, which no route matches). A trailing
+``:verb`` stays literal. The ``.proto`` comments (``source_code_info``, kept by the compiler;
+files found by reflection may lack it) become the descriptions. Schemas follow the proto3
+JSON mapping the bridge speaks (int64 as string, enums by name, well-known types in their JSON
+forms). Paths, methods and schemas come out in a fixed order, so one snapshot always gives the
+same document.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Any, Final
 
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.rpc import status_pb2
 
 from bridge.compose import AggregateRoute
 from bridge.config.composition import ERRORS_KEY, QUERY, references
+from bridge.config.policies import AuthSettings
 from bridge.http import JSON, NDJSON, SSE
+from bridge.policy.auth import UNMATCHED
 from bridge.registry.snapshot import Binding, Snapshot
 from bridge.routing import Route
 from bridge.routing.template import Segment, SegmentKind, Template, Variable
@@ -84,32 +92,34 @@ def openapi_document(
     title: str = "Bridge",
     use_proto_names: bool = False,
     version: str = "1.0.0",
-    expand_slashed_paths: bool = False,
     composed: Sequence[Route] = (),
+    auth: AuthSettings | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) of every HTTP route of the snapshot.
 
-    ``composed`` are the config's aggregate and static routes (`bridge.compose`).
-
-    ``expand_slashed_paths`` writes ``/v1/{name=users/*}`` as ``/v1/users/{name}``: generic
-    clients percent-encode a ``/`` inside a parameter, which the route table does not split.
+    ``composed`` are the config's aggregate and static routes (`bridge.compose`); ``auth``
+    gives the security schemes and each operation's requirement from its method's rule.
     """
-    schemas = _Schemas(use_proto_names)
-    paths = _Paths(expand_slashed_paths)
+    comments = comment_index(snapshot)
+    schemas = _Schemas(use_proto_names, comments)
+    paths = _Paths()
     routes = snapshot.routes.routes
     ids = _operation_ids(routes)
     for route in sorted(routes, key=lambda r: (r.template.source, r.verb, r.owner)):
-        paths.add(route, functools.partial(_operation, route, ids[route], schemas=schemas))
+        build = functools.partial(_operation, route, ids[route], schemas=schemas, auth=auth)
+        paths.add(route, build)
     for route in composed:
         paths.add(route, functools.partial(_composed_operation, route, snapshot, schemas))
     tags = {r.target.method.service for r in routes} | {r.owner.partition("[")[0] for r in composed}
     document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version},
-        "tags": [{"name": s} for s in sorted(tags)],
+        "tags": [_tag(s, comments) for s in sorted(tags)],
         "paths": {path: paths.items[path] for path in sorted(paths.items)},
         "components": {"schemas": schemas.components()},
     }
+    if auth is not None:
+        document["components"]["securitySchemes"] = _security_schemes(auth)
     if paths.unlisted:  # OpenAPI cannot hold them all: custom HTTP methods, identical paths
         document["x-bridge-unlisted-routes"] = paths.unlisted
     return document
@@ -131,8 +141,7 @@ class _PathParam:
 class _Paths:
     """Path items keyed by OpenAPI path; finds each route a path no other route holds."""
 
-    def __init__(self, expand: bool) -> None:
-        self.attempts = (True,) if expand else (False, True)  # the expanded form is the fallback
+    def __init__(self) -> None:
         self.items: dict[str, dict[str, Any]] = {}
         self.shapes: dict[str, str] = {}  # the path with parameter names blanked -> the path
         self.unlisted: list[str] = []
@@ -142,15 +151,14 @@ class _Paths:
         if verb not in _METHODS:
             self.unlisted.append(f"{route}: OpenAPI has no HTTP method {route.verb}")
             return
-        for expand in self.attempts:
-            path, params = openapi_path(route.template, expand=expand)
-            taken = self.shapes.setdefault(_TEMPLATE_VAR.sub("{}", path), path)
-            item = self.items.setdefault(taken, {})
-            if verb not in item:
-                # OpenAPI deems paths that differ only in parameter names identical: share one.
-                item[verb] = build(_renamed(params, path, taken))
-                self.items[taken] = {v: item[v] for v in _METHODS if v in item}
-                return
+        path, params = openapi_path(route.template, expand=True)
+        taken = self.shapes.setdefault(_TEMPLATE_VAR.sub("{}", path), path)
+        item = self.items.setdefault(taken, {})
+        if verb not in item:
+            # OpenAPI deems paths that differ only in parameter names identical: share one.
+            item[verb] = build(_renamed(params, path, taken))
+            self.items[taken] = {v: item[v] for v in _METHODS if v in item}
+            return
         self.unlisted.append(f"{route}: another route has the same OpenAPI path and method")
 
 
@@ -273,12 +281,19 @@ def _operation_ids(routes: Iterable[Route]) -> dict[Route, str]:
 
 
 def _operation(
-    route: Route, operation_id: str, path_params: list[_PathParam], schemas: _Schemas
+    route: Route,
+    operation_id: str,
+    path_params: list[_PathParam],
+    schemas: _Schemas,
+    auth: AuthSettings | None,
 ) -> dict[str, Any]:
     """One OpenAPI operation: the parameters, request body and responses of a route."""
     binding: Binding = route.target
     method = binding.method
     description = f"Calls `{method.full_name}` ({method.kind.replace('_', ' ')})."
+    comment = schemas.comments.get(f"{method.service}.{method.name}")
+    if comment:
+        description = f"{comment}\n\n{description}"
     if binding.request.infer_mask:
         mask = schemas.key(binding.request.descriptor.fields_by_name["update_mask"])
         description += f" Without `{mask}`, it updates the fields present in the body."
@@ -299,7 +314,42 @@ def _operation(
     if body is not None:
         operation["requestBody"] = body
     operation["responses"] = _responses(binding, schemas)
+    if auth is not None:
+        security = _security(auth, f"{method.service}/{method.name}")
+        if security:
+            operation["security"] = security
     return operation
+
+
+# --- security --------------------------------------------------------------------------------
+
+_API_KEY: Final = "apiKey"
+_BEARER: Final = "bearerJwt"
+
+
+def _security_schemes(auth: AuthSettings) -> dict[str, Any]:
+    """The credentials the config accepts: an API key header, a JWT bearer token."""
+    schemes: dict[str, Any] = {}
+    if auth.api_keys is not None:
+        schemes[_API_KEY] = {"type": "apiKey", "in": "header", "name": auth.api_keys.header}
+    if auth.jwt is not None:
+        schemes[_BEARER] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    return schemes
+
+
+def _security(auth: AuthSettings, method: str) -> list[dict[str, list[str]]]:
+    """The method's requirement from its first matching rule (bridge/policy/auth.py): none is
+    no security, ``any`` is either credential; a JWT's requirement lists the rule's scopes."""
+    rule = next((r for r in auth.rules if fnmatchcase(method, r.match)), UNMATCHED)
+    options: dict[str, list[dict[str, list[str]]]] = {
+        "api_key": [{_API_KEY: []}] if auth.api_keys else [],
+        "jwt": [{_BEARER: list(rule.scopes)}] if auth.jwt else [],
+    }
+    if rule.require == "none":
+        return []
+    if rule.require == "any":
+        return options["api_key"] + options["jwt"]
+    return options[rule.require]
 
 
 def fields_parameter(name: str = "fields") -> dict[str, Any]:
@@ -469,14 +519,77 @@ def _output(binding: Binding, schemas: _Schemas) -> Schema:
     return schemas.message(output) if plan.field is None else schemas.field(plan.field)
 
 
+# --- the .proto comments --------------------------------------------------------------------
+
+# Field numbers of descriptor.proto: where a source location's path steps into a child.
+_FILE_CHILDREN: Final = {4: "message", 5: "enum", 6: "service"}
+_MESSAGE_CHILDREN: Final = {2: "field", 3: "message", 4: "enum"}
+_ENUM_VALUES: Final = 2
+_SERVICE_METHODS: Final = 2
+
+
+def comment_index(snapshot: Snapshot) -> dict[str, str]:
+    """Each commented symbol's comment by full name (``pkg.Msg``, ``pkg.Msg.field``,
+    ``pkg.Enum.VALUE``, ``pkg.Service``, ``pkg.Service.Method``), from every file that kept its
+    ``source_code_info``. Built once per document, which app.py builds once per snapshot."""
+    index: dict[str, str] = {}
+    for proto_set in snapshot.sets:
+        for file in proto_set.files.file:
+            for location in file.source_code_info.location:
+                text = _comment(location)
+                name = _symbol(file, tuple(location.path)) if text else None
+                if name is not None:
+                    index.setdefault(name, text)
+    return index
+
+
+def _comment(location: descriptor_pb2.SourceCodeInfo.Location) -> str:
+    """The leading comment, else the trailing one, with protoc's line breaks joined."""
+    raw = location.leading_comments or location.trailing_comments
+    lines = [line.strip() for line in raw.strip().splitlines()]
+    return "\n".join(lines).replace("\n\n", "\0").replace("\n", " ").replace("\0", "\n\n")
+
+
+def _symbol(file: descriptor_pb2.FileDescriptorProto, path: tuple[int, ...]) -> str | None:
+    """The full name of the symbol a source path points at; None for anything else."""
+    if len(path) < 2 or path[0] not in _FILE_CHILDREN:
+        return None
+    kind = _FILE_CHILDREN[path[0]]
+    node: Any = getattr(file, {"message": "message_type", "enum": "enum_type",
+                               "service": "service"}[kind])[path[1]]  # fmt: skip
+    name = f"{file.package}.{node.name}" if file.package else node.name
+    rest = path[2:]
+    while rest:
+        if len(rest) < 2:
+            return None
+        step, index, rest = rest[0], rest[1], rest[2:]
+        if kind == "message" and step in _MESSAGE_CHILDREN:
+            kind = _MESSAGE_CHILDREN[step]
+            node = getattr(node, {"field": "field", "message": "nested_type",
+                                  "enum": "enum_type"}[kind])[index]  # fmt: skip
+        elif (kind, step) in (("enum", _ENUM_VALUES), ("service", _SERVICE_METHODS)):
+            node = (node.value if kind == "enum" else node.method)[index]
+            kind = "leaf"
+        else:
+            return None
+        name = f"{name}.{node.name}"
+    return name
+
+
+def _tag(service: str, comments: dict[str, str]) -> dict[str, str]:
+    comment = comments.get(service)
+    return {"name": service, "description": comment} if comment else {"name": service}
+
+
 # --- schemas ---------------------------------------------------------------------------------
 
 
 class _Schemas:
     """Schemas of fields and messages; each message or enum referenced becomes a component."""
 
-    def __init__(self, use_proto_names: bool) -> None:
+    def __init__(self, use_proto_names: bool, comments: dict[str, str]) -> None:
         self.use_proto_names = use_proto_names
+        self.comments = comments
         self.pending: dict[str, Descriptor | EnumDescriptor] = {}
         self.done: dict[str, Schema] = {}
 
@@ -547,10 +660,13 @@ class _Schemas:
         schema = self.field(f)
         if f.message_type is not None and not f.is_repeated:
             schema = _nullable(schema)
+        notes = [self.comments.get(f.full_name, "")]
         group = f.containing_oneof
         if group is not None and not (len(group.fields) == 1 and group.name == f"_{f.name}"):
             names = ", ".join(f"`{self.key(m)}`" for m in group.fields)
-            schema["description"] = f"Part of oneof `{group.name}`: at most one of {names}."
+            notes.append(f"Part of oneof `{group.name}`: at most one of {names}.")
+        if any(notes):
+            schema = _described(schema, "\n\n".join(n for n in notes if n))
         if f.GetOptions().deprecated:
             schema["deprecated"] = True
         return schema
@@ -560,12 +676,25 @@ class _Schemas:
         while self.pending:
             name, descriptor = self.pending.popitem()
             self.done[name] = {}  # a recursive message refers to itself while being built
+            schema: Schema
             if isinstance(descriptor, EnumDescriptor):
-                self.done[name] = {"type": "string", "enum": [v.name for v in descriptor.values]}
+                schema = {"type": "string", "enum": [v.name for v in descriptor.values]}
+                said = ((v.name, self.comments.get(f"{name}.{v.name}")) for v in descriptor.values)
+                notes = [f"- `{value}`: {comment}" for value, comment in said if comment]
             else:
                 properties = {self.key(f): self.described(f) for f in descriptor.fields}
-                self.done[name] = {"type": "object", "properties": properties}
+                schema = {"type": "object", "properties": properties}
+                notes = []
+            about = "\n\n".join(filter(None, [self.comments.get(name), "\n".join(notes)]))
+            self.done[name] = {"description": about, **schema} if about else schema
         return dict(sorted(self.done.items()))
+
+
+def _described(schema: Schema, about: str) -> Schema:
+    """The schema with a description; a ``$ref`` is wrapped, its siblings being the field's."""
+    if "$ref" in schema:
+        return {"allOf": [schema], "description": about}
+    return {**schema, "description": about}
 
 
 def _nullable(schema: Schema) -> Schema:

@@ -9,12 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 from tests.conftest import Bridge, StartBridge, demo_config
 from tests.teams import PING, PING_FILE, TOKEN, TeamServer, ping, register
 from tests.test_browser import PageProblems, chromium_page
+from tests.tokens import AUDIENCE, ISSUER, SECRET, claims
 
 USERS = "demo.users.v1.UserService"
 ECHO = "demo.echo.v1.EchoService"
+API_KEY = "alice-key-0123456789"
 
 
 async def test_root_leads_to_the_docs_page(demo: Bridge) -> None:
@@ -110,3 +114,37 @@ async def check_client_stream_and_bidi(page: Any) -> None:
     await expect(chat.locator("li.received")).to_have_text([echoed])
     await chat.locator("button.end").click()
     await expect(chat.locator(".stream-status")).to_have_text("OK · 1 message")
+
+
+async def test_the_credential_typed_on_the_page_goes_with_rest_and_websocket_calls(
+    tmp_path: Path, start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    from playwright.async_api import expect
+
+    auth = {
+        "api_keys": {"header": "x-api-key", "keys": f"alice={API_KEY}"},
+        "jwt": {"issuer": ISSUER, "audience": AUDIENCE, "secret": SECRET, "algorithms": ["HS256"]},
+    }
+    bridge = await start_bridge(demo_config(users_server, echo_server, auth=auth))
+    async with chromium_page(tmp_path) as page:
+        problems = PageProblems(page)
+        await page.goto(bridge.url + "/docs")
+        get_user = page.locator(f'details[data-method="{USERS}/GetUser"]')
+        await get_user.locator("summary.head").click()
+        await get_user.locator('form.rest input[name="id"]').fill("1")
+        await get_user.locator("form.rest .send").click()
+        await expect(get_user.locator(".rest-status")).to_contain_text("401")
+
+        await page.fill("#credential-header", "x-api-key")
+        await page.fill("#credential-value", API_KEY)
+        await get_user.locator("form.rest .send").click()
+        await expect(get_user.locator(".rest-result")).to_contain_text("Ada Lovelace")
+        # A browser's WebSocket carries a bearer token in the upgrade URL (no headers there).
+        await page.fill("#credential-header", "Authorization")
+        await page.fill("#credential-value", f"Bearer {jwt.encode(claims(), SECRET, 'HS256')}")
+        tick = page.locator(f'details[data-method="{ECHO}/Tick"]')
+        await tick.locator("summary.head").click()
+        await tick.locator("textarea.message").fill('{"count": 2}')
+        await tick.locator("button.start").click()
+        await expect(tick.locator(".stream-status")).to_have_text("OK · 2 messages")
+        assert [p for p in problems.seen if "401" not in p] == []  # the refused fetch is logged

@@ -118,6 +118,7 @@ def _protoc_args(files: Sequence[str], roots: Sequence[Path], out: str) -> list[
         "grpc_tools.protoc",
         *includes,
         "--include_imports",
+        "--include_source_info",  # keeps the .proto comments for the OpenAPI descriptions
         f"--descriptor_set_out={out}",
         *files,
     ]

@@ -17,18 +17,37 @@ const STREAMING = new Set(["server_streaming", "client_streaming", "bidi_streami
 
 const sectionsByKey = new Map(); // method key -> { signature, element }
 let lastText = null;
-let bridgePromise = null;
+let connected = null; // { url, promise of a Bridge }
 
-/** The WebSocket connection, opened on first use and again after it closes. */
+/**
+ * The WebSocket connection, opened on first use and again after it closes or the credential
+ * changes. A browser cannot set headers on a WebSocket, so a bearer token goes in the upgrade's
+ * `access_token` query parameter (the bridge accepts it there); other credentials go as each
+ * call's metadata.
+ */
 function connection() {
-  if (bridgePromise === null) {
-    bridgePromise = Bridge.connect().then((bridge) => {
-      bridge.onclose = () => (bridgePromise = null);
-      return bridge;
-    });
-    bridgePromise.catch(() => (bridgePromise = null));
+  const token = (credential().authorization || "").match(/^Bearer\s+(.+)$/i);
+  const url = token ? `/ws?access_token=${encodeURIComponent(token[1])}` : "/ws";
+  if (connected === null || connected.url !== url) {
+    if (connected !== null) connected.promise.then((b) => b.close(), () => {});
+    const promise = Bridge.connect(url);
+    const entry = { url, promise };
+    promise.then((bridge) => {
+      bridge.onclose = () => connected === entry && (connected = null);
+    }, () => connected === entry && (connected = null));
+    connected = entry;
   }
-  return bridgePromise;
+  return connected.promise;
+}
+
+/**
+ * The credential typed on the page ({} when none): a header of REST calls and metadata of
+ * WebSocket calls, under the name the bridge's auth config uses (Authorization, x-api-key...).
+ */
+function credential() {
+  const name = document.getElementById("credential-header").value.trim().toLowerCase();
+  const value = document.getElementById("credential-value").value.trim();
+  return name && value ? { [name]: value } : {};
 }
 
 function el(tag, attributes = {}, ...children) {
@@ -233,7 +252,7 @@ async function sendRest(route, fields, status, result) {
     } else if (input.value !== "") query.append(input.name, input.value);
   }
   const url = path + (query.size ? `?${query}` : "");
-  const init = { method: route.verb.toUpperCase(), headers: {} };
+  const init = { method: route.verb.toUpperCase(), headers: credential() };
   const body = fields.querySelector("textarea.body");
   if (body) {
     init.body = body.value;
@@ -308,8 +327,10 @@ function streamForm(method) {
       return null;
     }
     let received = 0;
-    const call = kind === "server_streaming" ? bridge.serverStream(method.key, first)
-      : kind === "client_streaming" ? bridge.clientStream(method.key) : bridge.bidi(method.key);
+    const options = { metadata: credential() };
+    const call = kind === "server_streaming" ? bridge.serverStream(method.key, first, options)
+      : kind === "client_streaming" ? bridge.clientStream(method.key, options)
+        : bridge.bidi(method.key, options);
     state.call = call;
     const reading = kind === "client_streaming"
       ? call.response.then((r) => { received += 1; show(JSON.stringify(r)); }, () => {})
@@ -423,6 +444,7 @@ function render(doc) {
 }
 
 async function refresh() {
+  if (document.hidden && lastText !== null) return; // a tab in the background need not poll
   try {
     const response = await fetch("/openapi.json", { cache: "no-store" });
     if (!response.ok) throw new Error(`/openapi.json: HTTP ${response.status}`);
