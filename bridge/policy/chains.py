@@ -12,6 +12,9 @@ first. That is why the fallback step sits outside the cache step, wrapping it: i
 the failures the cache let through, it answers them with the configured default, and the
 cache never sees (so never stores) a default answer.
 
+Outermost of all, in every chain, `bridge.observe.metrics.Observed` counts and times each
+call by its outcome, refusals included (SPEC 8).
+
 The policies are built once per application: every snapshot's chains share the same
 authenticator, buckets and cache entries, so a registration neither forgets the counts and
 entries nor reloads keys.
