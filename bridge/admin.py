@@ -15,6 +15,7 @@ from aiohttp import web
 from bridge import errors
 from bridge.edge import read_body
 from bridge.errors import BridgeError, error_response
+from bridge.observe.log import audit
 from bridge.registry.registrar import Registrar
 from bridge.registry.store import Registration
 from bridge.transcode import json_text
@@ -59,6 +60,8 @@ class AdminApi:
     async def register(self, request: web.Request) -> tuple[int, Any]:
         registration = _registration(await self._json(request))
         replaced, snapshot = await self.registrar.register(registration)
+        audit("replace" if replaced else "register", registration.name, request.remote,
+              files=sorted(registration.files), **_where(registration))  # fmt: skip
         return (200 if replaced else 201), self.registrar.summary(registration.name, snapshot)
 
     async def list(self, request: web.Request) -> tuple[int, Any]:
@@ -85,6 +88,7 @@ class AdminApi:
     async def remove(self, request: web.Request) -> tuple[int, Any]:
         name = request.match_info["name"]
         await self.registrar.remove(name)
+        audit("remove", name, request.remote)
         return 200, {"name": name, "removed": True}
 
     async def routes(self, request: web.Request) -> tuple[int, Any]:
@@ -100,6 +104,7 @@ class AdminApi:
     async def refresh(self, request: web.Request) -> tuple[int, Any]:
         name = request.match_info["name"]
         protos = await self.registrar.refresh(name)
+        audit("refresh", name, request.remote)
         services = sorted(
             m.service for m in self.registrar.registry.snapshot.methods.values()
             if m.source == protos.name

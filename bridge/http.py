@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -10,14 +11,16 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from bridge import errors
-from bridge.call import HTTP, Call, Reply
+from bridge.call import AGGREGATE, HTTP, Call, Reply
 from bridge.compose import AggregateRoute, Parent, StaticAnswer
 from bridge.edge import read_body
 from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
+from bridge.observe import log as access_log
+from bridge.observe.trace import traced
 from bridge.registry import Registry
 from bridge.registry.snapshot import Binding, Snapshot
-from bridge.routing import MatchKind, RouteTable
+from bridge.routing import MatchKind, Route, RouteTable
 from bridge.transcode.partial import Trim, response_trim, selection_text
 from bridge.transcode.request import decode_json
 from bridge.transcode.response import OCTET_STREAM, dumps, ndjson_line, sse_event
@@ -33,6 +36,12 @@ NDJSON: Final = "application/x-ndjson"
 SSE: Final = "text/event-stream"
 log = logging.getLogger("bridge.http")
 RID: Final = web.RequestKey("request_id", str)  # the call's x-request-id, for the guard's log
+# What the access log reads once the answer is ready: the matched route, the call made, and
+# the status a stream ended with after its headers went out.
+ROUTE: Final = web.RequestKey("route", Route)
+CALL: Final = web.RequestKey("call", Call)
+STREAM_CODE: Final = web.RequestKey("stream_code", int)
+STREAMED: Final = web.RequestKey("streamed", int)  # body bytes a stream wrote
 Target = Binding | AggregateRoute | StaticAnswer  # what a matched route serves
 Params = dict[tuple[str, ...], str]
 
@@ -59,10 +68,15 @@ class RestGateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rid = request[RID] = request_id(request.headers)  # the guard logs it on a bug
+        started = time.perf_counter()
+        code = errors.OK
         try:
-            return await self._handle(request, rid)
+            response = await self._handle(request, rid)
         except BridgeError as error:
-            return error_response(error, {"X-Request-Id": rid})
+            code = error.code
+            response = error_response(error, {"X-Request-Id": rid})
+        _log(request, response, rid, request.get(STREAM_CODE, code), started)
+        return response
 
     async def _handle(self, request: web.Request, rid: str) -> web.StreamResponse:
         snapshot = self.registry.snapshot
@@ -70,12 +84,14 @@ class RestGateway:
         if isinstance(binding, StaticAnswer):
             return binding.response(rid)
         peer = self.client_address(request)
-        metadata = request_metadata(
-            request.headers.items(),
-            self.forward_headers,
-            peer=peer,
-            request_id=rid,
-            max_bytes=self.max_metadata,
+        metadata = traced(
+            request_metadata(
+                request.headers.items(),
+                self.forward_headers,
+                peer=peer,
+                request_id=rid,
+                max_bytes=self.max_metadata,
+            )
         )
         given = request.headers.get("grpc-timeout")
         timeout = None if given is None else parse_grpc_timeout(given)
@@ -86,7 +102,9 @@ class RestGateway:
             return web.Response(body=dumps(composed), content_type=JSON, headers=headers)
         requests = await self._request(request, binding, params)
         trim = _trim(request, binding)  # checked before the call: a bad selection is a 400
-        call = Call(binding, requests, metadata, timeout, peer, HTTP, rid, request.headers)
+        call = request[CALL] = Call(
+            binding, requests, metadata, timeout, peer, HTTP, rid, request.headers
+        )
         try:
             reply = await binding.invoke(call)
         except BridgeError as error:
@@ -117,6 +135,7 @@ class RestGateway:
         match = self.routes(snapshot).match(request.method, path)
         if match.kind is MatchKind.FULL:
             assert match.route is not None
+            request[ROUTE] = match.route
             return match.route.target, match.params
         if match.kind is MatchKind.PARTIAL:
             allowed = ", ".join(match.allowed)
@@ -198,25 +217,59 @@ async def _stream_out(
             value = binding.response.to_dict(message)
             if trim is not None:
                 value = trim.apply(value)
-            await response.write(sse_event(value) if sse else ndjson_line("result", value))
+            line = sse_event(value) if sse else ndjson_line("result", value)
+            await _write(request, response, line)
             message = await stream.next()
     except ConnectionResetError:
         return response  # the client left; the finally clause cancels the backend call
     except Exception as exc:  # after the first byte the status can only go in the body
-        status = _stream_error(exc, call).to_status()
-        await response.write(sse_event(status, "error") if sse else ndjson_line("error", status))
+        status = _stream_error(exc, call, request).to_status()
+        error = sse_event(status, "error") if sse else ndjson_line("error", status)
+        await _write(request, response, error)
     finally:
         stream.cancel()
     await response.write_eof()
     return response
 
 
-def _stream_error(exc: Exception, call: Call) -> BridgeError:
+def _stream_error(exc: Exception, call: Call, request: web.Request) -> BridgeError:
     """The status a stream ends with once its headers went out: the error's, or INTERNAL for
     a bug (logged once; the guard in front cannot answer a response already started)."""
-    if isinstance(exc, BridgeError):
-        return exc
-    return errors.internal(log, f"streaming {call.binding.method.full_name}", call.request_id)
+    if not isinstance(exc, BridgeError):
+        exc = errors.internal(log, f"streaming {call.binding.method.full_name}", call.request_id)
+    request[STREAM_CODE] = exc.code
+    return exc
+
+
+async def _write(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write part of a streamed body, counted for the access log."""
+    request[STREAMED] = request.get(STREAMED, 0) + len(data)
+    await response.write(data)
+
+
+def _log(
+    request: web.Request, response: web.StreamResponse, rid: str, code: int, started: float
+) -> None:
+    """The request's access-log line: its route template (never the raw path, which may hold
+    a secret), and an aggregate as one line (its calls share its request id and trace)."""
+    route = request.get(ROUTE)
+    target = None if route is None else route.target
+    call = request.get(CALL)
+    principal = None if call is None else call.principal
+    body = getattr(response, "body", None)  # a Response not sent yet; a stream counted its own
+    sent = len(body) if isinstance(body, bytes) else request.get(STREAMED, 0)
+    access_log.access(
+        request_id=rid,
+        subject=None if principal is None else principal.subject,
+        transport=AGGREGATE if isinstance(target, AggregateRoute) else HTTP,
+        method=target.method.full_name if isinstance(target, Binding) else None,
+        route=None if route is None else f"{route.verb} {route.template.source}",
+        http_status=response.status,
+        grpc_code=code,
+        started=started,
+        bytes_in=request.content.total_bytes,
+        bytes_out=sent,
+    )
 
 
 async def _raw_stream_out(
@@ -242,12 +295,13 @@ async def _raw_stream_out(
         while message is not None:
             data = plan.raw_body(message)[0]
             if data:
-                await response.write(data)
+                await _write(request, response, data)
             message = await stream.next()
     except ConnectionResetError:
         return response  # the client left; the finally clause cancels the backend call
     except Exception as exc:
-        await response.write(ndjson_line("error", _stream_error(exc, call).to_status()))
+        error = ndjson_line("error", _stream_error(exc, call, request).to_status())
+        await _write(request, response, error)
         request.protocol.force_close()  # no terminating chunk: the body is incomplete
         return response
     finally:

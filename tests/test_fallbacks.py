@@ -77,7 +77,7 @@ async def test_the_default_answers_fast_when_the_backend_is_down(
 async def test_fallbacks_over_websocket(bridge: Bridge, echo: tuple[grpc.aio.Server, int]) -> None:
     async with connect(bridge.url) as ws:
         frames = await ws.call(1, "Fail", {"code": 14})
-        assert frames[0]["headers"] == {"x-bridge-fallback": "true"}
+        assert frames[0]["headers"]["x-bridge-fallback"] == "true"
         assert (messages(frames), status(frames)["code"]) == ([{}], 0)
 
         frames = await ws.call(2, "Fail", {"code": 5})
@@ -86,7 +86,7 @@ async def test_fallbacks_over_websocket(bridge: Bridge, echo: tuple[grpc.aio.Ser
 
         await echo[0].stop(None)
         frames = await ws.call(3, "Echo", {"message": "x"})
-        assert frames[0]["headers"] == {"x-bridge-fallback": "true"}
+        assert frames[0]["headers"]["x-bridge-fallback"] == "true"
         assert messages(frames)[0]["message"] == "default"
         assert status(frames)["code"] == 0
 

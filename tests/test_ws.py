@@ -145,7 +145,7 @@ async def test_reserved_metadata_cannot_be_spoofed(demo):
     reply = messages(frames)[0]
     seen = reply["metadata"]
     assert seen["x-forwarded-for"] == "127.0.0.1"  # the real peer, nothing else
-    assert seen["x-request-id"] != "mine"
+    assert seen["x-request-id"] == "mine"  # a client's request id is kept (SPEC section 8)
     assert "x-bridge-subject" not in seen
     assert "6.6.6.6" not in str(seen)
     assert reply["deadlineRemaining"] > 5  # the upstream's 10 s default, not the client's 1 ms

@@ -150,10 +150,15 @@ def decode_base64(value: str, what: str) -> bytes:
 
 def request_id(headers: Mapping[str, str]) -> str:
     """The client's x-request-id when it is sane, else a fresh one."""
-    given = headers.get(REQUEST_ID)
-    if given and len(given) <= 128 and given.isascii() and given.isprintable():
-        return given
-    return new_request_id()
+    return client_request_id(headers.get(REQUEST_ID)) or new_request_id()
+
+
+def client_request_id(given: object) -> str | None:
+    """A client's x-request-id (a header, a WebSocket frame's metadata) when sane, else None."""
+    if isinstance(given, str) and given and len(given) <= 128:
+        if given.isascii() and given.isprintable():
+            return given
+    return None
 
 
 # A random per-process prefix and a counter: unique like a UUID, without a syscall per request.

@@ -7,6 +7,7 @@ call itself is the method's ``invoke``, as for every transport.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -15,7 +16,8 @@ from google.protobuf.message import Message
 from bridge import errors
 from bridge.call import Call
 from bridge.errors import BridgeError
-from bridge.upstream.metadata import metadata_dict
+from bridge.observe import log
+from bridge.upstream.metadata import REQUEST_ID, metadata_dict
 from bridge.ws import frames
 from bridge.ws.frames import CallId
 
@@ -41,6 +43,8 @@ class WsCall:
         self._silent = False  # the socket is gone: no status frame to send
         self._running = False  # run() has begun, so cancelling its task reaches its handlers
         self.task: asyncio.Task[None] | None = None
+        self.bytes_in = 0  # the call's frames from the client, for the access log
+        self.bytes_out = 0
 
     @property
     def takes_messages(self) -> bool:
@@ -79,6 +83,17 @@ class WsCall:
     async def run(self, first: Message | None) -> None:
         """Make the call and send its frames; always ends with exactly one status frame."""
         self._running = True
+        started = time.perf_counter()
+        code = errors.CANCELLED  # what the access log says unless the call ends otherwise
+        try:
+            code = await self._run(first)
+        except Exception:
+            code = errors.INTERNAL  # a bug: the session logs it and sends the status
+            raise
+        finally:
+            self._log(started, code)
+
+    async def _run(self, first: Message | None) -> int:
         error: BridgeError | None = self._end  # stopped before it began: no backend call at all
         trailers: dict[str, str] | None = None
         if error is None and not self._silent:
@@ -91,10 +106,25 @@ class WsCall:
                 if self._end is None:
                     if not self._silent:
                         raise
-                    return
+                    return errors.CANCELLED
                 error = self._end
         if not self._silent:
-            await self._send(frames.status(self.id, error, trailers))
+            await self._emit(frames.status(self.id, error, trailers))
+        return errors.OK if error is None else error.code
+
+    def _log(self, started: float, code: int) -> None:
+        call = self.call
+        log.access(
+            request_id=self.rid,
+            subject=None if call.principal is None else call.principal.subject,
+            transport=call.transport, method=self.method.full_name, route="/ws",
+            http_status=None, grpc_code=code, started=started,
+            bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+        )  # fmt: skip
+
+    async def _emit(self, frame: bytes) -> None:
+        self.bytes_out += len(frame)
+        await self._send(frame)
 
     async def _relay(self, first: Message | None) -> dict[str, str]:
         call = self.call
@@ -103,15 +133,15 @@ class WsCall:
         reply = await call.binding.invoke(call)
         try:
             # The backend's headers, and what the policy steps added (x-cache,
-            # x-bridge-fallback, ratelimit-*), as lowercase metadata keys.
+            # x-bridge-fallback, ratelimit-*), as lowercase metadata keys; and the request id.
             headers = metadata_dict(reply.initial)
             for name, value in call.response_headers.items():
                 headers.setdefault(name.lower(), value)
-            if headers:
-                await self._send(frames.dumps({"id": self.id, "headers": headers}))
+            headers[REQUEST_ID] = self.rid
+            await self._emit(frames.dumps({"id": self.id, "headers": headers}))
             while (message := await reply.next()) is not None:
                 value = self.binding.response.to_dict(message)
-                await self._send(frames.dumps({"id": self.id, "message": value}))
+                await self._emit(frames.dumps({"id": self.id, "message": value}))
             return metadata_dict(await reply.trailers())
         finally:
             reply.cancel()  # the backend must see a cancelled call, not a dangling one

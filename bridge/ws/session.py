@@ -14,8 +14,15 @@ from aiohttp import WSMsgType, web
 from bridge import errors
 from bridge.call import WEBSOCKET, Call, Principal
 from bridge.errors import BridgeError
+from bridge.observe.trace import traced
 from bridge.registry import Registry
-from bridge.upstream.metadata import REQUEST_ID, Metadata, extend_metadata, new_request_id
+from bridge.upstream.metadata import (
+    REQUEST_ID,
+    Metadata,
+    client_request_id,
+    extend_metadata,
+    new_request_id,
+)
 from bridge.ws import frames
 from bridge.ws.call import WsCall
 from bridge.ws.frames import CallId, Frame, FrameError
@@ -104,7 +111,7 @@ class Session:
             if call is not None:
                 await self._frame_error(f"call id {frame.id!r} is already open")
             else:
-                await self._start(frame)
+                await self._start(frame, _size(text))
             return
         if call is None:
             # A cancel or end may cross the call's status frame on the wire; like RST_STREAM
@@ -113,6 +120,7 @@ class Session:
                 return
             await self._frame_error(f"no open call with id {frame.id!r}")
             return
+        call.bytes_in += _size(text)
         await self._follow_up(call, frame)
 
     async def _follow_up(self, call: WsCall, frame: Frame) -> None:
@@ -140,7 +148,7 @@ class Session:
         if frame.end:
             call.half_close()
 
-    async def _start(self, frame: Frame) -> None:
+    async def _start(self, frame: Frame, size: int) -> None:
         try:
             call, first = self._prepare(frame)
         except BridgeError as exc:
@@ -151,6 +159,7 @@ class Session:
             await self.send(frames.status(frame.id, bug, None))
             return
         self.calls[frame.id] = call
+        call.bytes_in = size
         call.task = asyncio.create_task(self._run(call, first))
         if frame.end and call.takes_messages:
             call.half_close()  # a client stream sent whole in its start frame
@@ -188,8 +197,7 @@ class Session:
                 f"{name} is {method.kind}: the start frame needs a message"
             )
         peer = self.peer
-        rid = new_request_id()
-        metadata = self._metadata(rid, frame.metadata)
+        rid, metadata = self._metadata(frame.metadata)
         timeout = _seconds(frame.timeout)
         call = Call(
             binding, first, metadata, timeout, peer.address, WEBSOCKET, rid, peer.headers,
@@ -197,15 +205,24 @@ class Session:
         )  # fmt: skip
         return WsCall(frame.id, call, self.send), first
 
-    def _metadata(self, rid: str, given: Any) -> Metadata:
+    def _metadata(self, given: Any) -> tuple[str, Metadata]:
+        """The call's request id (the client's ``x-request-id`` when sane, else a new one) and
+        its metadata: the upgrade's, the frame's, and a trace (`bridge.observe.trace`)."""
         if given is not None and not isinstance(given, dict):
             raise errors.invalid_argument("metadata must be a JSON object of strings")
+        pairs = [(str(k).lower(), v) for k, v in (given or {}).items()]
+        rid = client_request_id(next((v for k, v in pairs if k == REQUEST_ID), None))
+        rid = rid or new_request_id()
         base = [(REQUEST_ID, rid), *self.peer.metadata]
-        pairs = ((str(k).lower(), v) for k, v in (given or {}).items())
-        return extend_metadata(base, pairs, self.max_metadata)
+        return rid, traced(extend_metadata(base, pairs, self.max_metadata))
 
     async def _frame_error(self, message: str) -> None:
         await self.send(frames.error(errors.INVALID_ARGUMENT, message))
+
+
+def _size(text: str) -> int:
+    """A text frame's size in UTF-8 bytes (no copy for ASCII, which ``isascii`` knows at once)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _seconds(timeout: Any) -> float | None:
