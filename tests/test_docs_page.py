@@ -148,3 +148,22 @@ async def test_the_credential_typed_on_the_page_goes_with_rest_and_websocket_cal
         await tick.locator("button.start").click()
         await expect(tick.locator(".stream-status")).to_have_text("OK · 2 messages")
         assert [p for p in problems.seen if "401" not in p] == []  # the refused fetch is logged
+
+
+async def test_an_aggregate_is_listed_and_tried_like_any_route(
+    tmp_path: Path, start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    from playwright.async_api import expect
+
+    calls = {"user": {"method": f"{USERS}/GetUser", "request": {"id": "{id}"}}}
+    aggregate = {"route": "GET /bff/v1/users/{id}/home", "calls": calls}
+    bridge = await start_bridge(demo_config(users_server, echo_server, aggregates=[aggregate]))
+    async with chromium_page(tmp_path) as page:
+        problems = PageProblems(page)
+        await page.goto(bridge.url + "/docs")
+        home = page.locator('section[data-service="aggregates"] details.method')
+        await home.locator("summary.head").click()
+        await home.locator('form.rest input[name="id"]').fill("1")
+        await home.locator("form.rest .send").click()
+        await expect(home.locator(".rest-result")).to_contain_text("Ada Lovelace")
+        assert problems.seen == []
