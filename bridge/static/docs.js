@@ -60,6 +60,13 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+/** A description (a proto comment, or the bridge's own note), its `code` spans as code. */
+function about(tag, text = "") {
+  const node = el(tag, { class: "about" });
+  text.split("`").forEach((part, i) => node.append(i % 2 ? el("code", { text: part }) : part));
+  return node;
+}
+
 // --- The model: packages -> services -> methods, from the OpenAPI document. ---
 
 /**
@@ -178,7 +185,7 @@ function fieldsTable(schema) {
   for (const [name, field] of props) {
     table.append(el("tr", {}, el("td", {}, el("code", { text: name })),
       el("td", {}, el("code", { text: typeName(field) })),
-      el("td", { class: "about", text: field.description || "" })));
+      about("td", field.description)));
   }
   return table;
 }
@@ -189,7 +196,7 @@ function shape(title, schema, doc) {
   const box = el("div", { class: `shape ${title.toLowerCase()}` }, heading);
   if (!schema) return box;
   const top = resolve(schema, doc);
-  if (top.description) box.append(el("p", { class: "about", text: top.description }));
+  if (top.description) box.append(about("p", top.description));
   if (top.type === "object" || top.properties) box.append(fieldsTable(top));
   const seen = new Set([refName(schema)]);
   const queue = [...refsOf(top, new Set())];
@@ -199,7 +206,7 @@ function shape(title, schema, doc) {
     seen.add(name);
     const used = doc.components.schemas[name] || {};
     const more = el("details", { class: "used" }, el("summary", {}, el("code", { text: name })));
-    if (used.description) more.append(el("p", { class: "about", text: used.description }));
+    if (used.description) more.append(about("p", used.description));
     more.append(used.enum ? el("p", {}, el("code", { text: used.enum.join(" | ") }))
       : fieldsTable(used));
     box.append(more);
@@ -386,7 +393,7 @@ function methodSection(method, doc) {
       el("span", { class: `kind ${kind}`, text: kind.replace("_", " ") }),
       method.grpc ? el("code", { text: `  ${method.key}` }) : null));
   const first = method.routes[0].op;
-  if (first.description) details.append(el("p", { class: "about", text: first.description }));
+  if (first.description) details.append(about("p", first.description));
   const routes = el("ul", { class: "routes" });
   for (const r of method.routes) {
     routes.append(el("li", {}, el("span", { class: "verb", text: r.verb.toUpperCase() }),
@@ -417,7 +424,7 @@ function render(doc) {
       toc.append(el("li", {}, el("a", { href: `#${id}`, text: service.name })));
       const part = el("section", { class: "service", id, "data-service": service.name },
         el("h3", { text: service.short }));
-      if (service.about) part.append(el("p", { class: "about", text: service.about }));
+      if (service.about) part.append(about("p", service.about));
       for (const method of service.methods) {
         methodCount += 1;
         const signature = JSON.stringify([method, [...refsOf(method.routes, new Set())]
