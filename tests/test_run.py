@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import shlex
 import socket
+import subprocess
 
 from services.credentials import dev_credentials
 from services.run import busy_ports, describe_down, probe
-from tests.conftest import demo_config
+from tests.conftest import ROOT, demo_config
 
 
 def test_a_listening_port_is_named_busy_and_a_free_one_is_not():
@@ -50,3 +51,10 @@ def test_the_admin_token_is_made_up_once_and_kept(tmp_path):
     )
     assert dev_credentials({}, path) == first
     assert dev_credentials({"BRIDGE_ADMIN_TOKEN": "mine"}, path)["BRIDGE_ADMIN_TOKEN"] == "mine"
+
+
+def test_make_clean_removes_the_registrations_and_dev_credentials():
+    # A registration left in .bridge/registry whose backend is gone must not outlive a clean.
+    dry = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert ".bridge" in dry.stdout.split()
