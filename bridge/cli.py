@@ -20,6 +20,7 @@ from typing import Any
 
 from bridge.admin_client import ClientError, add_commands
 from bridge.config import ConfigError, Settings, load_settings
+from bridge.observe import log as observe_log
 from bridge.policy import Chains
 from bridge.registry import CompileError, Registry, SnapshotError
 
@@ -221,6 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise Fatal("--workers: must be at least 1")
     _use_uvloop()
     _raise_open_files_limit()
+    observe_log.to_stderr()  # access and audit lines as bare JSON, not the root's format
     if args.workers == 1:
         return asyncio.run(_serve_one(settings, host, port, reuse_port=False))
     return _serve_many(settings, host, port, args.workers)
