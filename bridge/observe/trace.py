@@ -11,7 +11,7 @@ parent request's metadata, so they share its trace.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from typing import Final
 
@@ -40,9 +40,13 @@ def valid_traceparent(value: str) -> bool:
 
 
 def new_traceparent() -> str:
-    """A new sampled trace: random trace id and parent id (never all zeros)."""
-    trace_id = os.urandom(16).hex()
-    parent_id = os.urandom(8).hex()
+    """A new sampled trace: random trace id and parent id (never all zeros).
+
+    Pseudo-random is what the spec asks for (section 3.2.2.3), a syscall per request is not;
+    `random` reseeds in a forked worker, so workers never share ids.
+    """
+    trace_id = f"{random.getrandbits(128):032x}"
+    parent_id = f"{random.getrandbits(64):016x}"
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_PARENT:  # 2**-64 odds, but the spec forbids
         return new_traceparent()
     return f"00-{trace_id}-{parent_id}-01"
