@@ -1,8 +1,9 @@
 """Policies: the steps in front of the upstream, composed once per method per snapshot.
 
 A method's chain is decided when a snapshot is built, from the config rules that match its
-name, and stored on its bindings as ``invoke``. A method that no rule touches gets the
-terminal step alone, so it pays nothing for the policy machinery.
+name, and stored on its bindings as ``invoke``. A method that no rule touches gets no policy
+step at all: only the observing step (metrics, `bridge.observe.metrics`) in front of the
+terminal, so it pays nothing for the policy machinery.
 """
 
 from __future__ import annotations
