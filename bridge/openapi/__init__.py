@@ -8,7 +8,7 @@ fills it with ``2`` sends ``/v1/users/2``, which the bridge routes (a parameter 
 files found by reflection may lack it) become the descriptions. Schemas follow the proto3
 JSON mapping the bridge speaks (int64 as string, enums by name, well-known types in their JSON
 forms). Paths, methods and schemas come out in a fixed order, so one snapshot always gives the
-same document.
+same document. The message schemas live in `schemas`, the comment index in `comments`.
 """
 
 from __future__ import annotations
@@ -22,68 +22,29 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any, Final
 
-from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 from google.rpc import status_pb2
 
 from bridge.compose import AggregateRoute
 from bridge.config.composition import ERRORS_KEY, QUERY, references
 from bridge.config.policies import AuthSettings
 from bridge.http import JSON, NDJSON, SSE
+from bridge.openapi.comments import comment_index
+from bridge.openapi.schemas import URL_TEXT, Schema, Schemas
 from bridge.policy.auth import UNMATCHED
 from bridge.registry.snapshot import Binding, Snapshot
 from bridge.routing import Route
 from bridge.routing.template import Segment, SegmentKind, Template, Variable
-from bridge.transcode.fields import FieldPath, is_map
+from bridge.transcode.fields import FieldPath
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_path"]
 
 OPENAPI_VERSION: Final = "3.1.0"
-Schema = dict[str, Any]
 
-_REF: Final = "#/components/schemas/"
 _METHODS: Final = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _QUERY_DEPTH: Final = 3  # longest dotted query name; deeper fields are rarely meant for URLs
 _TEMPLATE_VAR: Final = re.compile(r"\{[^}]*\}")
 _REGEX_SPECIAL: Final = re.compile(r"[.^$+?()\[\]|\\]")  # no "\-": invalid in ECMA-262 /u
-
-_T = FieldDescriptor
-_INT64: Final = {"type": "string", "format": "int64"}  # proto3 JSON writes 64-bit ints as strings
-_UINT64: Final = {"type": "string", "format": "uint64"}
-_INT32: Final = {"type": "integer", "format": "int32"}
-_UINT32: Final = {"type": "integer", "format": "uint32", "minimum": 0}
-_SCALARS: Final[dict[int, Schema]] = {
-    _T.TYPE_DOUBLE: {"type": "number", "format": "double"},
-    _T.TYPE_FLOAT: {"type": "number", "format": "float"},
-    _T.TYPE_INT64: _INT64, _T.TYPE_SINT64: _INT64, _T.TYPE_SFIXED64: _INT64,
-    _T.TYPE_UINT64: _UINT64, _T.TYPE_FIXED64: _UINT64,
-    _T.TYPE_INT32: _INT32, _T.TYPE_SINT32: _INT32, _T.TYPE_SFIXED32: _INT32,
-    _T.TYPE_UINT32: _UINT32, _T.TYPE_FIXED32: _UINT32,
-    _T.TYPE_BOOL: {"type": "boolean"},
-    _T.TYPE_STRING: {"type": "string"},
-    _T.TYPE_BYTES: {"type": "string", "format": "byte"},
-}  # fmt: skip
-_WELL_KNOWN: Final[dict[str, Schema]] = {
-    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
-    "google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated field paths."},
-    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Value": {},
-    "google.protobuf.ListValue": {"type": "array", "items": {}},
-    "google.protobuf.Empty": {"type": "object"},
-    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}},
-                            "required": ["@type"], "additionalProperties": True},
-}  # fmt: skip
-_WRAPPERS: Final = frozenset(
-    f"google.protobuf.{n}Value"
-    for n in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
-)
-# Message types whose JSON form is a scalar, so URL text (path or query) can set them.
-_URL_TEXT: Final = _WRAPPERS | {
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-    "google.protobuf.FieldMask",
-}
 
 
 def openapi_document(
@@ -101,7 +62,7 @@ def openapi_document(
     gives the security schemes and each operation's requirement from its method's rule.
     """
     comments = comment_index(snapshot)
-    schemas = _Schemas(use_proto_names, comments)
+    schemas = Schemas(use_proto_names, comments)
     paths = _Paths()
     routes = snapshot.routes.routes
     ids = _operation_ids(routes)
@@ -284,7 +245,7 @@ def _operation(
     route: Route,
     operation_id: str,
     path_params: list[_PathParam],
-    schemas: _Schemas,
+    schemas: Schemas,
     auth: AuthSettings | None,
 ) -> dict[str, Any]:
     """One OpenAPI operation: the parameters, request body and responses of a route."""
@@ -364,7 +325,7 @@ def fields_parameter(name: str = "fields") -> dict[str, Any]:
     return {"name": name, "in": "query", "description": about, "schema": {"type": "string"}}
 
 
-def _path_parameter(param: _PathParam, binding: Binding, schemas: _Schemas) -> dict[str, Any]:
+def _path_parameter(param: _PathParam, binding: Binding, schemas: Schemas) -> dict[str, Any]:
     schema: Schema = {"type": "string", "pattern": param.pattern}
     if param.pattern is None:
         fields = dict(binding.request.variables).get(param.field_path or ())
@@ -375,7 +336,7 @@ def _path_parameter(param: _PathParam, binding: Binding, schemas: _Schemas) -> d
     return parameter
 
 
-def _query_parameters(binding: Binding, schemas: _Schemas) -> list[dict[str, Any]]:
+def _query_parameters(binding: Binding, schemas: Schemas) -> list[dict[str, Any]]:
     """Fields that no path variable or body sets, as query parameters (dotted when nested)."""
     request = binding.request
     if request.body == "*" or binding.method.client_streaming:
@@ -400,7 +361,7 @@ def _query_fields(
         nested = f.message_type
         if tuple(p.name for p in path) in bound:
             continue
-        if nested is None or nested.full_name in _URL_TEXT:
+        if nested is None or nested.full_name in URL_TEXT:
             yield path
         elif not (f.is_repeated or nested.full_name.startswith("google.protobuf.")) and (
             len(path) < _QUERY_DEPTH and nested.full_name not in seen  # cycles end here
@@ -408,7 +369,7 @@ def _query_fields(
             yield from _query_fields(nested, bound, path, seen | {nested.full_name})
 
 
-def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any] | None:
+def _request_body(binding: Binding, schemas: Schemas) -> dict[str, Any] | None:
     """The body: the whole message (``*``), one field, or NDJSON messages for a client stream."""
     request = binding.request
     if binding.method.client_streaming:
@@ -428,7 +389,7 @@ def _request_body(binding: Binding, schemas: _Schemas) -> dict[str, Any] | None:
     return {"content": {JSON: {"schema": schema}}}
 
 
-def _responses(binding: Binding, schemas: _Schemas) -> dict[str, Any]:
+def _responses(binding: Binding, schemas: Schemas) -> dict[str, Any]:
     """``200`` with the message (a stream of them for server streaming); ``default``: Status."""
     plan, output = binding.response, binding.method.output.DESCRIPTOR
     out = schemas.message(output) if plan.field is None else schemas.field(plan.field)
@@ -456,7 +417,7 @@ def _one_key(key: str, schema: Schema) -> Schema:
 
 
 def _composed_operation(
-    route: Route, snapshot: Snapshot, schemas: _Schemas, path_params: list[_PathParam]
+    route: Route, snapshot: Snapshot, schemas: Schemas, path_params: list[_PathParam]
 ) -> dict[str, Any]:
     """The operation of an aggregate (its calls' answers by name) or of a static answer."""
     section = route.owner.partition("[")[0]  # "aggregates" or "static"
@@ -514,199 +475,11 @@ def _composed_operation(
     return operation
 
 
-def _output(binding: Binding, schemas: _Schemas) -> Schema:
+def _output(binding: Binding, schemas: Schemas) -> Schema:
     plan, output = binding.response, binding.method.output.DESCRIPTOR
     return schemas.message(output) if plan.field is None else schemas.field(plan.field)
-
-
-# --- the .proto comments --------------------------------------------------------------------
-
-# Field numbers of descriptor.proto: where a source location's path steps into a child.
-_FILE_CHILDREN: Final = {4: "message", 5: "enum", 6: "service"}
-_MESSAGE_CHILDREN: Final = {2: "field", 3: "message", 4: "enum"}
-_ENUM_VALUES: Final = 2
-_SERVICE_METHODS: Final = 2
-
-
-def comment_index(snapshot: Snapshot) -> dict[str, str]:
-    """Each commented symbol's comment by full name (``pkg.Msg``, ``pkg.Msg.field``,
-    ``pkg.Enum.VALUE``, ``pkg.Service``, ``pkg.Service.Method``), from every file that kept its
-    ``source_code_info``. Built once per document, which app.py builds once per snapshot."""
-    index: dict[str, str] = {}
-    for proto_set in snapshot.sets:
-        for file in proto_set.files.file:
-            for location in file.source_code_info.location:
-                text = _comment(location)
-                name = _symbol(file, tuple(location.path)) if text else None
-                if name is not None:
-                    index.setdefault(name, text)
-    return index
-
-
-def _comment(location: descriptor_pb2.SourceCodeInfo.Location) -> str:
-    """The leading comment, else the trailing one, with protoc's line breaks joined."""
-    raw = location.leading_comments or location.trailing_comments
-    lines = [line.strip() for line in raw.strip().splitlines()]
-    return "\n".join(lines).replace("\n\n", "\0").replace("\n", " ").replace("\0", "\n\n")
-
-
-def _symbol(file: descriptor_pb2.FileDescriptorProto, path: tuple[int, ...]) -> str | None:
-    """The full name of the symbol a source path points at; None for anything else."""
-    if len(path) < 2 or path[0] not in _FILE_CHILDREN:
-        return None
-    kind = _FILE_CHILDREN[path[0]]
-    node: Any = getattr(file, {"message": "message_type", "enum": "enum_type",
-                               "service": "service"}[kind])[path[1]]  # fmt: skip
-    name = f"{file.package}.{node.name}" if file.package else node.name
-    rest = path[2:]
-    while rest:
-        if len(rest) < 2:
-            return None
-        step, index, rest = rest[0], rest[1], rest[2:]
-        if kind == "message" and step in _MESSAGE_CHILDREN:
-            kind = _MESSAGE_CHILDREN[step]
-            node = getattr(node, {"field": "field", "message": "nested_type",
-                                  "enum": "enum_type"}[kind])[index]  # fmt: skip
-        elif (kind, step) in (("enum", _ENUM_VALUES), ("service", _SERVICE_METHODS)):
-            node = (node.value if kind == "enum" else node.method)[index]
-            kind = "leaf"
-        else:
-            return None
-        name = f"{name}.{node.name}"
-    return name
 
 
 def _tag(service: str, comments: dict[str, str]) -> dict[str, str]:
     comment = comments.get(service)
     return {"name": service, "description": comment} if comment else {"name": service}
-
-
-# --- schemas ---------------------------------------------------------------------------------
-
-
-class _Schemas:
-    """Schemas of fields and messages; each message or enum referenced becomes a component."""
-
-    def __init__(self, use_proto_names: bool, comments: dict[str, str]) -> None:
-        self.use_proto_names = use_proto_names
-        self.comments = comments
-        self.pending: dict[str, Descriptor | EnumDescriptor] = {}
-        self.done: dict[str, Schema] = {}
-
-    def key(self, f: FieldDescriptor) -> str:
-        """The field's name in JSON: lowerCamel ``json_name`` unless proto names are asked for."""
-        return f.name if self.use_proto_names else f.json_name
-
-    def ref(self, descriptor: Descriptor | EnumDescriptor) -> Schema:
-        if descriptor.full_name not in self.done:
-            self.pending[descriptor.full_name] = descriptor
-        return {"$ref": _REF + descriptor.full_name}
-
-    def message(self, descriptor: Descriptor) -> Schema:
-        """A well-known type inline in its JSON form, any other message by reference."""
-        name = descriptor.full_name
-        if name in _WELL_KNOWN:
-            return copy.deepcopy(_WELL_KNOWN[name])
-        if name in _WRAPPERS:  # the wrapped scalar, or null
-            inner = _wrapped(descriptor)
-            return {**inner, "type": [inner["type"], "null"]}
-        return self.ref(descriptor)
-
-    def single(self, f: FieldDescriptor) -> Schema:
-        """The schema of one value of the field (one element when it is repeated)."""
-        if f.message_type is not None:
-            return self.message(f.message_type)
-        if f.enum_type is not None:
-            if f.enum_type.full_name == "google.protobuf.NullValue":
-                return {"type": "null"}
-            return self.ref(f.enum_type)
-        return dict(_SCALARS[f.type])
-
-    def field(self, f: FieldDescriptor) -> Schema:
-        """The schema of a field's JSON value: maps as objects, repeated fields as arrays."""
-        if is_map(f):
-            value = f.message_type.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self.single(value)}
-        single = self.single(f)
-        return {"type": "array", "items": single} if f.is_repeated else single
-
-    def url_value(self, f: FieldDescriptor) -> Schema:
-        """The schema of a field as URL text sets it: a wrapper is its scalar, never null."""
-        message = f.message_type
-        wrapper = message is not None and message.full_name in _WRAPPERS
-        single = _wrapped(message) if wrapper else self.single(f)
-        return {"type": "array", "items": single} if f.is_repeated else single
-
-    def without(self, message: Descriptor, cut: set[tuple[str, ...]]) -> Schema:
-        """The message's schema less the fields the path sets (their field-name paths)."""
-        if not cut:
-            return self.message(message)
-        properties: dict[str, Schema] = {}
-        for f in message.fields:
-            below = {p[1:] for p in cut if p[0] == f.name and len(p) > 1}
-            if (f.name,) not in cut:
-                schema = self.without(f.message_type, below) if below else self.described(f)
-                properties[self.key(f)] = schema
-        dropped = ", ".join(sorted(".".join(p) for p in cut))
-        about = f"`{message.full_name}` without what the path sets ({dropped})."
-        return {"type": "object", "description": about, "properties": properties}
-
-    def described(self, f: FieldDescriptor) -> Schema:
-        """The field's schema, naming its oneof (not protoc's ``_name`` one for ``optional``).
-
-        A singular message field may be null: replies write an unset one as null
-        (``json.emit_unpopulated``), and requests may send null for "not set".
-        """
-        schema = self.field(f)
-        if f.message_type is not None and not f.is_repeated:
-            schema = _nullable(schema)
-        notes = [self.comments.get(f.full_name, "")]
-        group = f.containing_oneof
-        if group is not None and not (len(group.fields) == 1 and group.name == f"_{f.name}"):
-            names = ", ".join(f"`{self.key(m)}`" for m in group.fields)
-            notes.append(f"Part of oneof `{group.name}`: at most one of {names}.")
-        if any(notes):
-            schema = _described(schema, "\n\n".join(n for n in notes if n))
-        if f.GetOptions().deprecated:
-            schema["deprecated"] = True
-        return schema
-
-    def components(self) -> dict[str, Schema]:
-        """Every referenced message and enum, built until no new reference appears, sorted."""
-        while self.pending:
-            name, descriptor = self.pending.popitem()
-            self.done[name] = {}  # a recursive message refers to itself while being built
-            schema: Schema
-            if isinstance(descriptor, EnumDescriptor):
-                schema = {"type": "string", "enum": [v.name for v in descriptor.values]}
-                said = ((v.name, self.comments.get(f"{name}.{v.name}")) for v in descriptor.values)
-                notes = [f"- `{value}`: {comment}" for value, comment in said if comment]
-            else:
-                properties = {self.key(f): self.described(f) for f in descriptor.fields}
-                schema = {"type": "object", "properties": properties}
-                notes = []
-            about = "\n\n".join(filter(None, [self.comments.get(name), "\n".join(notes)]))
-            self.done[name] = {"description": about, **schema} if about else schema
-        return dict(sorted(self.done.items()))
-
-
-def _described(schema: Schema, about: str) -> Schema:
-    """The schema with a description; a ``$ref`` is wrapped, its siblings being the field's."""
-    if "$ref" in schema:
-        return {"allOf": [schema], "description": about}
-    return {**schema, "description": about}
-
-
-def _nullable(schema: Schema) -> Schema:
-    """The schema, or null."""
-    if "$ref" in schema:
-        return {"anyOf": [schema, {"type": "null"}]}
-    kind = schema.get("type")
-    if kind is None or kind == "null" or (isinstance(kind, list) and "null" in kind):
-        return schema  # any JSON value, or already nullable
-    return {**schema, "type": [*kind, "null"] if isinstance(kind, list) else [kind, "null"]}
-
-
-def _wrapped(wrapper: Descriptor) -> Schema:
-    """The schema of the scalar a ``google.protobuf.*Value`` wrapper holds."""
-    return dict(_SCALARS[wrapper.fields_by_name["value"].type])
