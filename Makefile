@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 GEN    := services/_gen/.stamp
-PROTOS := $(shell find protos bench/protos -name "*.proto" 2>/dev/null)
+PROTOS := $(shell find protos bench/protos examples -name "*.proto" 2>/dev/null)
 
-.PHONY: install chromium run test bench bench-tools lint clean
+.PHONY: install chromium redis run test bench bench-tools lint clean
 
 install: $(STAMP) $(GEN)
 
@@ -15,6 +15,11 @@ install: $(STAMP) $(GEN)
 chromium:
 	@test -x /usr/bin/chromium && command -v curl >/dev/null || \
 		(apt-get update && apt-get install -y --no-install-recommends chromium curl)
+
+# Debian's redis-server: the tests start their own on free ports (SPEC 10's shared stores).
+redis:
+	@command -v redis-server >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends redis-server)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +35,7 @@ $(GEN): $(STAMP) $(PROTOS)
 run: install
 	$(PY) -m services.run
 
-test: install chromium bench-tools
+test: install chromium redis bench-tools
 	$(PY) -m pytest
 
 bench: install bench-tools

@@ -35,6 +35,7 @@ from bridge.registry import (
     load_includes,
 )
 from bridge.registry.registrar import Registrar
+from bridge.shared.link import RedisLinks
 from bridge.upstream.call import Upstream
 from bridge.upstream.metadata import request_id
 from bridge.upstream.pool import Upstreams
@@ -51,6 +52,7 @@ REGISTRY: Final = web.AppKey("registry", Registry)
 UPSTREAMS: Final = web.AppKey("upstreams", Upstreams)
 REGISTRAR: Final = web.AppKey("registrar", Registrar)
 COMPOSITION: Final = web.AppKey("composition", Composition)
+LINKS: Final = web.AppKey("links", RedisLinks)
 
 
 def json_shape(settings: Settings) -> JsonShape:
@@ -80,7 +82,8 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     if include is None:  # before any channel opens: protoc runs in a forked process
         include = await load_includes(settings.protos_include)
     upstreams = Upstreams(settings.upstreams.values())
-    policies = Policies(settings, Upstream(upstreams))
+    links = RedisLinks()  # the Redis stores the config names (SPEC 10), one pool per URL
+    policies = Policies(settings, Upstream(upstreams), links)
     registry = await load_registry(settings, policies.chain, include)
     composition = Composition.of(settings)
     registry.admit = composition.admit  # a registration may not take a config route
@@ -97,6 +100,7 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     app[REGISTRY] = registry
     app[COMPOSITION] = composition
     app[UPSTREAMS] = upstreams
+    app[LINKS] = links
     address = client_address(TrustedProxies(settings.trusted_proxies))
     gateway = RestGateway(
         registry,
@@ -105,8 +109,8 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
         client_address=address,
         routes=composition.table,
     )
-    sockets = WebSocketGateway(settings, registry, address, policies.identify)
-    registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0])
+    sockets = WebSocketGateway(settings, registry, address, policies.auth)
+    registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0], links)
     app[REGISTRAR] = registrar
     app.cleanup_ctx.append(lambda _: policies.running())
     app.cleanup_ctx.append(lambda _: _registrations(registrar))
@@ -130,6 +134,7 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     app.on_shutdown.append(lambda _: sockets.shutdown())
     app.on_startup.append(lambda app: app[UPSTREAMS].start())
     app.on_cleanup.append(_close_upstreams)
+    app.on_cleanup.append(lambda _: links.close())
     return app
 
 
@@ -200,13 +205,17 @@ async def _readyz(request: web.Request) -> web.Response:
     """200 once serving, with every upstream's detail; ``?upstreams=all`` also needs them all up.
 
     One team's dead backend must not make a load balancer take every route away, so by
-    default an unreachable upstream is reported, not a reason to be unready.
+    default an unreachable upstream is reported, not a reason to be unready. Neither is an
+    unreachable shared store (SPEC 10): the bridge serves on with this instance's state.
     """
     strict = request.query.get("upstreams") == "all"
     detail = await request.app[UPSTREAMS].readiness()
     all_up = all(u["ready"] for u in detail.values())
     ready = all_up or not strict
     body = {"ready": ready, "upstreams_ready": all_up, "upstreams": detail}
+    links = request.app[LINKS]
+    if links:
+        body["stores"] = await links.readiness()
     return web.Response(
         status=200 if ready else 503, text=json.dumps(body), content_type="application/json"
     )

@@ -309,18 +309,43 @@ def test_protos_store(tmp_path: Path, store: str, expected: str) -> None:
     assert s.protos_store == expected.format(folder=tmp_path)
 
 
-@pytest.mark.parametrize("store", ["redis://cache:6379/0", "rediss://cache:6380", "${STORE}"])
-def test_a_redis_protos_store_is_refused_not_used_as_a_folder(tmp_path: Path, store: str) -> None:
-    """Until SPEC section 10 is built, a Redis URL would have become a folder named `redis:`."""
-    with pytest.raises(ConfigError) as info:
-        settings_from_dict(
-            {"protos": {"store": store}}, tmp_path / "b.yaml", env={"STORE": "redis://r:6379"}
-        )
-    assert str(info.value) == (
-        f"{tmp_path / 'b.yaml'}: protos.store: a Redis store is not supported by this version of "
-        "Bridge (section 10); use a folder"
+@pytest.mark.parametrize(
+    ("store", "kept"),
+    [
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("rediss://:pw@cache:6380", "rediss://:pw@cache:6380"),
+        ("${STORE}", "redis://r:6379"),
+    ],
+)
+def test_a_redis_protos_store_is_kept_as_a_url_not_made_a_folder(
+    tmp_path: Path, store: str, kept: str
+) -> None:
+    """SPEC 10: a Redis URL names the shared store; it must not become a folder named `redis:`."""
+    settings = settings_from_dict(
+        {"protos": {"store": store}}, tmp_path / "b.yaml", env={"STORE": "redis://r:6379"}
     )
+    assert settings.protos_store == kept
     assert not (tmp_path / "redis:").exists()
+
+
+@pytest.mark.parametrize(
+    ("store", "problem"),
+    [
+        ("redis://:secret@cache:99999/0", "'redis://cache/0': the port is not a number from 1 to "
+         "65535"),
+        ("redis:///0", "'redis:///0' names no host (use redis://host:6379/0)"),
+        ("redis://:secret@cache/db", "'redis://cache/db': the database after the host is a "
+         "number (like /0), not 'db'"),
+        ("s3://bucket", "'s3://bucket': use a folder, or a Redis URL (redis://host:port/db)"),
+    ],
+)  # fmt: skip
+def test_a_bad_store_url_is_named_without_its_password(
+    tmp_path: Path, store: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"protos": {"store": store}}, tmp_path / "b.yaml")
+    assert str(info.value) == f"{tmp_path / 'b.yaml'}: protos.store: {problem}"
+    assert "secret" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -400,10 +425,10 @@ ERROR_CASES = [
         id="services-without-upstreams",
     ),
     pytest.param(
-        "cache:\n  rules: []\n  store: redis://cache:6379\n",
+        "cache:\n  rules: []\n  store: redis://cache:http\n",
         {},
-        ["cache.store: a Redis store is not supported by this version of Bridge"],
-        id="cache-redis-store",
+        ["cache.store: 'redis://cache': the port is not a number from 1 to 65535"],
+        id="cache-redis-store-bad-port",
     ),
     pytest.param(
         "fallbacks:\n  - {match: '*', on: [unavailable], response: {}}\n",
@@ -624,7 +649,7 @@ ERROR_CASES = [
     pytest.param(
         "protos:\n  store: s3://bucket\n",
         {},
-        ["protos.store: 's3://bucket': only a folder is supported by this version of Bridge"],
+        ["protos.store: 's3://bucket': use a folder, or a Redis URL (redis://host:port/db)"],
         id="unsupported-store-url",
     ),
     pytest.param(

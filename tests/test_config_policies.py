@@ -458,11 +458,11 @@ RATE_LIMIT_ERRORS = [
                  "'burst'?)", id="misspelt-burst"),
     pytest.param({"rules": [{**RULE, "rate": "1/x"}]}, "rate_limits.rules[0].rate: '1/x' is not "
                  "a rate (use 100/s, 10/m or 5/h)", id="mapping-form-names-rules"),
-    pytest.param({"store": "redis://127.0.0.1:6379/0", "rules": [RULE]}, "rate_limits.store: a "
-                 "Redis store is not supported by this version of Bridge (section 10)",
-                 id="redis-store"),
-    pytest.param({"store": "disk"}, "rate_limits.store: 'disk' is not a store (use memory)",
-                 id="unknown-store"),
+    pytest.param({"store": "redis://127.0.0.1:6379/x", "rules": [RULE]}, "rate_limits.store: "
+                 "'redis://127.0.0.1/x': the database after the host is a number (like /0), "
+                 "not 'x'", id="redis-store-bad-db"),
+    pytest.param({"store": "disk"}, "rate_limits.store: 'disk' is not a store (use memory, or "
+                 "redis://host:port/db)", id="unknown-store"),
     pytest.param({"rule": []}, "rate_limits.rule: unknown key (did you mean 'rules'?)",
                  id="misspelt-rules"),
     pytest.param("100/s", "rate_limits: expected a mapping, got '100/s'", id="a-string"),

@@ -21,6 +21,7 @@ from pydantic import model_validator as checks
 
 from bridge.config.sections import FilePath
 from bridge.config.values import (
+    REDIS_SCHEMES,
     STRINGS,
     Bool,
     Count,
@@ -37,6 +38,7 @@ from bridge.config.values import (
     kind,
     listed,
     or_env,
+    redis_url,
     text,
     unique,
     written,
@@ -53,7 +55,6 @@ _SUBJECT: Final = re.compile(r"[\x20-\x7e]+")  # printable ASCII: what gRPC meta
 _RATE: Final = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*/\s*(s|m|h)")
 _PER: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _HMAC_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 section 3.2
-_REDIS: Final = ("redis://", "rediss://")
 
 
 def _origin(value: Any) -> str:
@@ -345,10 +346,10 @@ class RateLimitRule(Section):
 
 def _memory_store(value: Any) -> str:
     store = text(value, "a store")
-    if store.startswith(_REDIS):
-        raise Problem("a Redis store is not supported by this version of Bridge (section 10)")
+    if store.startswith(REDIS_SCHEMES):
+        return redis_url(store)
     if store != "memory":
-        raise Problem(f"{store!r} is not a store (use memory)")
+        raise Problem(f"{store!r} is not a store (use memory, or redis://host:port/db)")
     return store
 
 
@@ -361,8 +362,8 @@ class RateLimitSettings(Section):
     """The first rule whose glob matches a method limits it; a method none matches is not
     limited."""
     store: Annotated[str, BeforeValidator(_memory_store)] = "memory"
-    """Where buckets are kept: `memory`, in each process (a shared Redis store is not supported
-    by this version)."""
+    """Where buckets are kept: `memory`, in each process, or a Redis URL
+    (`redis://host:port/db`, `rediss://` for TLS) shared by every instance using it."""
 
 
 def _network(value: Any) -> Network:
@@ -436,8 +437,9 @@ class CacheSettings(Section):
     """The first rule whose glob matches a unary method caches it; a method none matches is
     not cached."""
     store: Annotated[str, BeforeValidator(_memory_store)] = "memory"
-    """Where entries are kept: `memory`, in each process (a shared Redis store is not
-    supported by this version)."""
+    """Where entries are kept: `memory`, in each process, or a Redis URL
+    (`redis://host:port/db`, `rediss://` for TLS) shared by every instance using it; the
+    bounds below then apply to the per-instance fallback used while Redis is unreachable."""
     max_entries: Count = 10_000
     """The most entries kept; past it, the least recently used goes."""
     max_bytes: Size = written("64MiB")

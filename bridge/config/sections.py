@@ -14,6 +14,7 @@ import grpc
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
 
 from bridge.config.values import (
+    REDIS_SCHEMES,
     STRINGS,
     Bool,
     Count,
@@ -24,6 +25,7 @@ from bridge.config.values import (
     host_port,
     kind,
     listed,
+    redis_url,
     text,
     unique,
     written,
@@ -31,10 +33,6 @@ from bridge.config.values import (
 
 DEFAULT_TIMEOUT: Final[float] = 30.0
 DEFAULT_STORE: Final[str] = ".bridge/registry"  # relative to the config file's folder
-REDIS_STORE: Final = (
-    "a Redis store is not supported by this version of Bridge (section 10); use a folder"
-)
-_REDIS: Final = ("redis://", "rediss://")
 # The codes a failed call can end with (OK is no failure), as the config writes them.
 STATUS_CODES: Final = tuple(c.name for c in grpc.StatusCode if c != grpc.StatusCode.OK)
 
@@ -54,12 +52,17 @@ def _resolved_all(paths: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, 
     return tuple(resolved(p, info) for p in paths)
 
 
+def _store_place(store: str, info: ValidationInfo) -> str:
+    """A folder made absolute against the config's folder; a Redis URL as it is."""
+    return store if store.startswith(REDIS_SCHEMES) else str(resolved(Path(store), info))
+
+
 def _store_folder(value: Any) -> str:
     store = text(value, "a folder")
-    if store.startswith(_REDIS):
-        raise Problem(REDIS_STORE)
+    if store.startswith(REDIS_SCHEMES):
+        return redis_url(store)
     if "://" in store:
-        raise Problem(f"{store!r}: only a folder is supported by this version of Bridge")
+        raise Problem(f"{store!r}: use a folder, or a Redis URL (redis://host:port/db)")
     return store
 
 
@@ -135,9 +138,10 @@ class ProtosSection(Section):
     store: Annotated[
         str,
         BeforeValidator(_store_folder),
-        AfterValidator(lambda store, info: str(resolved(Path(store), info))),
+        AfterValidator(_store_place),
     ] = DEFAULT_STORE
-    """Folder where runtime registrations persist."""
+    """Folder where runtime registrations persist, or a Redis URL (`redis://host:port/db`,
+    `rediss://` for TLS) that several instances share."""
 
 
 class RetrySettings(Section):

@@ -148,7 +148,7 @@ class Settings:
     listen: tuple[str, int] = DEFAULT_LISTEN
     admin_token: str | None = field(default=None, repr=False)  # None: the admin API is off
     protos_include: tuple[Path, ...] = ()
-    protos_store: str = ""  # an absolute folder; "" becomes the default beside `source`
+    protos_store: str = ""  # an absolute folder or a Redis URL; "" becomes the default folder
     upstreams: Mapping[str, UpstreamSettings] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -159,6 +159,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     auth: AuthSettings | None = None  # None: no `auth` section, every method is open
     rate_limits: tuple[RateLimitRule, ...] = ()
+    rate_limits_store: str = "memory"  # or a Redis URL (SPEC 10)
     trusted_proxies: tuple[Network, ...] = ()
     cache: CacheSettings = field(default_factory=CacheSettings)
     fallbacks: tuple[FallbackRule, ...] = ()
@@ -191,6 +192,7 @@ class Settings:
             limits=file.limits,
             auth=file.auth,
             rate_limits=file.rate_limits.rules,
+            rate_limits_store=file.rate_limits.store,
             trusted_proxies=file.trusted_proxies,
             cache=file.cache,
             fallbacks=file.fallbacks,

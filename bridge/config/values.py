@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Final, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
@@ -22,6 +23,7 @@ T = TypeVar("T")
 N = TypeVar("N", int, float)
 
 NOT_SUPPORTED: Final[str] = "not supported by this version of Bridge"
+REDIS_SCHEMES: Final = ("redis://", "rediss://")
 
 _DURATION_HINT: Final = "is not a duration (use 250ms, 5s, 2m)"
 _DURATION: Final = re.compile(r"(?:(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s|m|h))+")
@@ -209,6 +211,27 @@ def host_port(text: str, min_port: int) -> tuple[str, int]:
     if not min_port <= int(port) <= 65535:
         raise ValueError(text)
     return host, int(port)
+
+
+def redis_url(store: str) -> str:
+    """A ``redis://`` or ``rediss://`` (TLS) URL with a host, and a database number if any.
+
+    The password the URL may carry is never part of a problem's message.
+    """
+    parts = urlsplit(store)
+    shown_ = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    try:
+        port = parts.port
+    except ValueError:
+        raise Problem(f"{shown_!r}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise Problem(f"{shown_!r} names no host (use redis://host:6379/0)")
+    if port == 0:
+        raise Problem(f"{shown_!r}: the port is not a number from 1 to 65535")
+    db = parts.path.lstrip("/")
+    if db and not _DIGITS.fullmatch(db):
+        raise Problem(f"{shown_!r}: the database after the host is a number (like /0), not {db!r}")
+    return store
 
 
 def header_name(value: Any) -> str:

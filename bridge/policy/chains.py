@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from bridge.call import Invoke, Step
 from bridge.config import Settings
 from bridge.observe.metrics import Observed
-from bridge.policy import Identify, compose
+from bridge.policy import compose
 from bridge.policy.auth import Authenticator
 from bridge.policy.buckets import MemoryBuckets
 from bridge.policy.cache import SUBJECT, Cache, StreamingRule
@@ -37,6 +37,7 @@ from bridge.policy.cache_store import MemoryStore
 from bridge.policy.fallback import FallbackError, Fallbacks
 from bridge.policy.ratelimit import RateLimits
 from bridge.registry.snapshot import SnapshotError
+from bridge.shared.link import RedisLinks
 
 if TYPE_CHECKING:
     from bridge.registry.snapshot import Method
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 class Policies:
     """The config's policies, and the chain of the steps whose rules match each method."""
 
-    def __init__(self, settings: Settings, terminal: Invoke) -> None:
+    def __init__(
+        self, settings: Settings, terminal: Invoke, links: RedisLinks | None = None
+    ) -> None:
         self.terminal = terminal
         self.auth = None if settings.auth is None else Authenticator.from_settings(
             settings.auth, settings.source
@@ -63,11 +66,6 @@ class Policies:
         )
         self.fallbacks = Fallbacks(settings.fallbacks) if settings.fallbacks else None
         self._shared_warned: set[str] = set()  # methods told about once (snapshots repeat)
-
-    @property
-    def identify(self) -> Identify | None:
-        """Who a request's credentials prove (a WebSocket upgrade's); None without ``auth``."""
-        return None if self.auth is None else self.auth.identify
 
     def chain(self, method: Method) -> Invoke:
         """The steps whose rules match ``method``, in front of the terminal; decided once."""

@@ -31,6 +31,7 @@ from bridge.registry.snapshot import (
 )
 from bridge.registry.store import FileStore, Registration, Signature
 from bridge.registry.upload import check_registration, folder_clash, shown, write_tree
+from bridge.shared.link import RedisLinks
 from bridge.upstream.pool import Upstreams
 
 log = logging.getLogger("bridge.registry")
@@ -49,7 +50,12 @@ class Registrar:
     """Applies registrations to the live registry and keeps the store in step."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, upstreams: Upstreams, include: ProtoSet
+        self,
+        settings: Settings,
+        registry: Registry,
+        upstreams: Upstreams,
+        include: ProtoSet,
+        links: RedisLinks | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
