@@ -1,4 +1,4 @@
-"""The code generator for the example services: ``protos/**/*.proto`` -> ``services/_gen``.
+"""The code generator for the example services: their ``.proto`` files -> ``services/_gen``.
 
 Run as ``python -m services.gen``. The output folder is rebuilt from scratch each time so
 that a deleted proto leaves no stale module behind; it is gitignored, never committed.
@@ -19,19 +19,23 @@ PROTO_ROOT: Final = REPO_ROOT / "protos"
 # The benchmark backend's proto lives apart, so configs that include protos/ need no upstream
 # for it.
 BENCH_ROOT: Final = REPO_ROOT / "bench" / "protos"
+# Likewise the shop service's proto: the README's tour registers it at run time, so it must
+# stay off bridge.yaml's protos.include.
+EXAMPLES_ROOT: Final = REPO_ROOT / "examples"
+ROOTS: Final = (PROTO_ROOT, BENCH_ROOT, EXAMPLES_ROOT)
 
 
 def include_dirs() -> list[Path]:
-    """Return the protoc import roots: our protos, protobuf's bundled WKTs, googleapis."""
+    """Return the protoc import roots: our proto roots, protobuf's bundled WKTs, googleapis."""
     import google.api.annotations_pb2 as annotations
 
     wkt = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
     # annotations_pb2 lives at <root>/google/api/; its .proto sits beside it.
     googleapis = Path(annotations.__file__).resolve().parent.parent.parent
-    return [PROTO_ROOT, BENCH_ROOT, wkt, googleapis]
+    return [*ROOTS, wkt, googleapis]
 
 
-def proto_files(roots: tuple[Path, ...] = (PROTO_ROOT, BENCH_ROOT)) -> list[Path]:
+def proto_files(roots: tuple[Path, ...] = ROOTS) -> list[Path]:
     """Return every .proto under the roots, relative to its root (as protoc wants), sorted."""
     return sorted(p.relative_to(root) for root in roots for p in root.rglob("*.proto"))
 

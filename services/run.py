@@ -1,9 +1,11 @@
-"""The ``make run`` supervisor: both example services and the bridge, stopped together.
+"""The ``make run`` supervisor: the example services and the bridge, stopped together.
 
-``python -m services.run`` checks that its three ports are free, starts users (50051) and
-echo (50052), then the bridge on 127.0.0.1:8080 with the committed ``bridge.yaml`` and the admin
-API on (a dev token), waits until ``/readyz`` says the bridge serves and both example services
-are reachable, prints curl commands to try, and runs until Ctrl-C or until any of them exits.
+``python -m services.run`` checks that its four ports are free, starts users (50051), echo
+(50052) and shop (50053, which the bridge does not know until the README's tour registers it),
+then the bridge on 127.0.0.1:8080 with the committed ``bridge.yaml`` and the admin API on (a dev
+token), waits until ``/readyz`` says the bridge serves and both example upstreams are reachable
+and until shop accepts connections, prints curl commands to try, and runs until Ctrl-C or until
+any of them exits.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from services.credentials import DEV_ENV, dev_credentials
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 BRIDGE_URL: Final = "http://127.0.0.1:8080"  # the listen address in bridge.yaml
-PORTS: Final = {"the bridge": 8080, "users": 50051, "echo": 50052}
+PORTS: Final = {"the bridge": 8080, "users": 50051, "echo": 50052, "shop": 50053}
 EXAMPLE_UPSTREAMS: Final = ("users", "echo")  # the upstreams make run starts; others may be down
+# Started for the README's `bridge protos add` tour, so no upstream of bridge.yaml: make run
+# waits for its port to accept connections instead.
+UNREGISTERED_SERVICES: Final = ("shop",)
 READY_TIMEOUT_SECONDS: Final = 20.0
 STOP_TIMEOUT_SECONDS: Final = 5.0
 POLL_SECONDS: Final = 0.25
@@ -70,7 +75,9 @@ DEV_NOTE: Final = f"""
 # dev credentials, kept in {DEV_ENV.relative_to(REPO_ROOT)}: API key {{key}} (header x-api-key);
 # JWTs: .venv/bin/python -m services.credentials token [--sub NAME] [--scope SCOPES]
 # the admin API is on with the dev token BRIDGE_ADMIN_TOKEN (also in that file), so after
-# `source {DEV_ENV.relative_to(REPO_ROOT)}`: .venv/bin/bridge protos list"""
+# `source {DEV_ENV.relative_to(REPO_ROOT)}`: .venv/bin/bridge protos list
+# the shop service on 127.0.0.1:50053 waits to be registered (README section "Registering
+# protos at run time")"""
 
 
 @dataclass
@@ -95,12 +102,13 @@ def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> Chil
 
 
 def start_all(children: list[Child]) -> None:
-    """Start the two services and the bridge, in that order, appending each to children."""
+    """Start the three services and the bridge, in that order, appending each to children."""
     # Appending one by one means an interrupt half-way still leaves every started child
     # in the list that the shutdown walks.
     python = sys.executable
     children.append(spawn("users", [python, "-m", "services.users", "--port", "50051"]))
     children.append(spawn("echo", [python, "-m", "services.echo", "--port", "50052"]))
+    children.append(spawn("shop", [python, "-m", "services.shop", "--port", "50053"]))
     bridge = [python, "-m", "bridge.cli", "serve", "--config", "bridge.yaml"]
     children.append(spawn("bridge", bridge, {**os.environ, **dev_credentials(os.environ)}))
 
@@ -141,6 +149,17 @@ def probe(url: str, upstreams: tuple[str, ...] = EXAMPLE_UPSTREAMS) -> str | Non
     return f"upstreams not reachable yet: {', '.join(down)}" if down else None
 
 
+def not_listening(ports: dict[str, int], host: str = "127.0.0.1") -> str | None:
+    """Return None when every named port accepts a TCP connection, else which do not yet."""
+    closed = []
+    for name, port in ports.items():
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError:
+            closed.append(name)
+    return f"not listening yet: {', '.join(closed)}" if closed else None
+
+
 def unreachable_upstreams(url: str) -> list[str]:
     """The upstreams /readyz reports unreachable (registered ones whose backend is gone)."""
     try:
@@ -170,7 +189,7 @@ def wait_ready(children: list[Child], url: str, timeout: float) -> str | None:
         for child in children:
             if (exited := child.exit_reason()) is not None:
                 return exited
-        problem = probe(url)
+        problem = probe(url) or not_listening({n: PORTS[n] for n in UNREGISTERED_SERVICES})
         if problem is None:
             return None
         reason = problem

@@ -7,20 +7,27 @@ import asyncio
 import shlex
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from services.credentials import dev_credentials
-from services.run import busy_ports, describe_down, probe
+from services.run import busy_ports, describe_down, not_listening, probe
 from tests.conftest import ROOT, demo_config
 
 
-def test_a_listening_port_is_named_busy_and_a_free_one_is_not():
+@contextmanager
+def a_listening_and_a_free_port() -> Iterator[tuple[int, int]]:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        taken = listener.getsockname()[1]
         with socket.socket() as spare:
             spare.bind(("127.0.0.1", 0))
             free = spare.getsockname()[1]
+        yield listener.getsockname()[1], free
+
+
+def test_a_listening_port_is_named_busy_and_a_free_one_is_not():
+    with a_listening_and_a_free_port() as (taken, free):
         busy = busy_ports({"the bridge": taken, "users": free})
     assert busy == [f"127.0.0.1:{taken} (the bridge)"]
 
@@ -58,3 +65,10 @@ def test_make_clean_removes_the_registrations_and_dev_credentials():
     dry = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert ".bridge" in dry.stdout.split()
+
+
+def test_a_service_outside_the_bridge_is_waited_for_by_its_port():
+    # shop is no upstream of bridge.yaml (the README registers it), so /readyz cannot say.
+    with a_listening_and_a_free_port() as (listening, free):
+        assert not_listening({"shop": listening}) is None
+        assert not_listening({"shop": free}) == "not listening yet: shop"

@@ -18,15 +18,17 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from services import GEN_DIR
 from services.gen import generate
 
-if not (GEN_DIR / "demo").is_dir():  # a fresh checkout: make install has not run yet
+if not all((GEN_DIR / d).is_dir() for d in ("demo", "shop")):  # make install has not run yet
     assert generate() == 0, "protoc failed"
 
 from services.echo.server import start as start_echo
+from services.shop.server import start as start_shop
 from services.users import listing
 from services.users.server import start as start_users
 
 from demo.echo.v1 import echo_pb2, echo_pb2_grpc
 from demo.users.v1 import users_pb2, users_pb2_grpc
+from shop.v1 import orders_pb2, orders_pb2_grpc
 
 Code = grpc.StatusCode
 UsersStub = users_pb2_grpc.UserServiceStub
@@ -374,8 +376,12 @@ async def test_stats_count_cancelled_stream(echo: EchoStub) -> None:
 
 @pytest.mark.parametrize(
     ("start", "service"),
-    [(start_users, "demo.users.v1.UserService"), (start_echo, "demo.echo.v1.EchoService")],
-    ids=["users", "echo"],
+    [
+        (start_users, "demo.users.v1.UserService"),
+        (start_echo, "demo.echo.v1.EchoService"),
+        (start_shop, "demo.shop.v1.OrderService"),
+    ],
+    ids=["users", "echo", "shop"],
 )
 async def test_health_serving(start: StartFn, service: str) -> None:
     async with serving(start) as channel:
@@ -395,3 +401,17 @@ async def test_reflection_lists_echo() -> None:
         await call.done_writing()
     names = {s.name for s in reply.list_services_response.service}
     assert "demo.echo.v1.EchoService" in names and "grpc.health.v1.Health" in names
+
+
+async def test_shop_knows_its_orders_only() -> None:
+    # The happy paths run through the bridge in tests/test_tour.py (the README's registration).
+    async with serving(start_shop) as channel:
+        shop = orders_pb2_grpc.OrderServiceStub(channel)
+        assert (await shop.GetOrder(orders_pb2.GetOrderRequest(id="1002"))).item == "cup"
+        err = await status_of(shop.GetOrder(orders_pb2.GetOrderRequest(id="9")))
+        assert err.code() == Code.NOT_FOUND and err.details() == "no order '9'"
+        track = shop.TrackOrder(orders_pb2.TrackOrderRequest(id="9"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in track:
+                pass
+        assert info.value.code() == Code.NOT_FOUND

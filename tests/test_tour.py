@@ -1,17 +1,21 @@
-"""The README's policies tour, run word for word against the committed example config.
+"""The README's tours, run word for word against the committed example config.
 
-The tour's shell block is taken from the README as it is, with only the bridge's address
-changed to this test's; the config is the committed ``bridge.yaml`` with only its upstream
-targets pointed at this test's example services. So a README or config edit that breaks the
-tour for a new user breaks this test.
+Each tour's shell block is taken from the README as it is, with only the addresses changed to
+this test's (the bridge's, and the shop service's for the registration tour); the config is the
+committed ``bridge.yaml`` with only its upstream targets pointed at this test's example services.
+So a README or config edit that breaks a tour for a new user breaks this test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from bridge.config.load import parse_yaml
 from services.credentials import dev_credentials
@@ -39,18 +43,29 @@ async def run_tour(
     heading: str, start_bridge: StartBridge, users_port: int, echo_port: int, monkeypatch
 ) -> tuple[str, dict[str, str]]:
     """The README block under ``heading`` run by bash against the committed config."""
-    credentials = dev_credentials(os.environ)  # what `make run` gives the bridge
-    for name, value in credentials.items():
-        monkeypatch.setenv(name, value)
+    credentials = use_dev_credentials(monkeypatch)
     bridge = await start_bridge(committed_config(users_port, echo_port))
     script = tour_script(heading).replace("http://127.0.0.1:8080", bridge.url)
+    return await bash(script), credentials
+
+
+def use_dev_credentials(monkeypatch) -> dict[str, str]:
+    """What `make run` gives the bridge (the admin token among them), set in the environment."""
+    credentials = dev_credentials(os.environ)
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    return credentials
+
+
+async def bash(script: str) -> str:
+    """Run script with bash in the repository root; its output, once it exited with 0."""
     proc = await asyncio.create_subprocess_exec(
         "bash", "-c", script, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return out.decode(), credentials
+    assert proc.returncode == 0, f"{script}\n---\n{out.decode()}\n{err.decode()}"
+    return out.decode()
 
 
 async def test_the_policies_tour_works_word_for_word(
@@ -87,3 +102,57 @@ async def test_the_composition_tour_works_word_for_word(
     ), text
     assert '"ok": true' in lines[1] or '"ok":true' in lines[1], text
     assert [line.lower() for line in lines[2:]] == ["x-cache: miss", "x-cache: hit"], text
+
+
+@pytest.fixture
+async def shop_server() -> AsyncIterator[int]:
+    from services.shop.server import start as start_shop
+
+    server, port = await start_shop(0)
+    yield port
+    await server.stop(None)
+
+
+async def test_the_registration_tour_works_word_for_word(
+    start_bridge: StartBridge, users_server: int, echo_server: int, shop_server: int, monkeypatch
+):
+    use_dev_credentials(monkeypatch)
+    bridge = await start_bridge(committed_config(users_server, echo_server))
+    script = tour_script("## Registering protos at run time")
+    # The README's addresses are make run's; `bridge protos` reaches this bridge with --admin.
+    script = script.replace("http://127.0.0.1:8080", bridge.url)
+    script = script.replace("127.0.0.1:50053", f"127.0.0.1:{shop_server}")
+    script = re.sub(r"(\.venv/bin/bridge protos \w+)", rf"\1 --admin {bridge.url}", script)
+    *lines, remove = script.strip().splitlines()
+    assert lines[0] == "source .bridge/dev.env", script
+    assert "protos remove" in remove and remove.endswith(" shop"), script
+    assert await paths(bridge) & SHOP_PATHS == set()  # not in protos.include: unknown before
+
+    text = await bash("\n".join(lines))
+    assert "registered 'shop': demo.shop.v1.OrderService" in text, text
+    assert f"shop  (127.0.0.1:{shop_server})  demo.shop.v1.OrderService" in text, text
+    order = json.loads(next(line for line in text.splitlines() if '"item"' in line))
+    assert order == {"id": "1001", "item": "teapot", "quantity": 1, "step": "STEP_SHIPPED"}, text
+    steps = [json.loads(line)["result"]["step"] for line in text.splitlines() if '"result"' in line]
+    assert steps == ["STEP_PLACED", "STEP_SHIPPED", "STEP_DELIVERED"], text
+    # What /docs reads lists the new service's routes and carries its proto comments.
+    document = await openapi(bridge)
+    assert SHOP_PATHS <= document["paths"].keys()
+    assert "Returns one order by its id." in json.dumps(document)
+
+    text = await bash("\n".join([lines[0], remove]))
+    assert "removed 'shop'" in text, text
+    assert await paths(bridge) & SHOP_PATHS == set()
+
+
+SHOP_PATHS = {"/v1/orders/{id}", "/v1/orders/{id}/tracking"}
+
+
+async def openapi(bridge) -> dict:
+    status, document, _ = await bridge.json("GET", "/openapi.json")
+    assert status == 200
+    return document
+
+
+async def paths(bridge) -> set[str]:
+    return set((await openapi(bridge))["paths"])
