@@ -58,4 +58,4 @@ lint: install
 	$(PY) -m mypy bridge bench
 
 clean:
-	rm -rf $(VENV) services/_gen .pytest_cache .bridge
+	rm -rf $(VENV) services/_gen .pytest_cache .bridge test-artifacts

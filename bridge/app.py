@@ -109,7 +109,7 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
         client_address=address,
         routes=composition.table,
     )
-    sockets = WebSocketGateway(settings, registry, address, policies.identify)
+    sockets = WebSocketGateway(settings, registry, address, policies.auth)
     registrar = Registrar(settings, registry, upstreams, registry.snapshot.sets[0], links)
     app[REGISTRAR] = registrar
     app.cleanup_ctx.append(lambda _: policies.running())

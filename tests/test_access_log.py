@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bridge.observe import log
@@ -109,6 +110,27 @@ async def test_the_verified_subject_is_logged(  # type: ignore[no-untyped-def]
         ("alice", 200), (None, 401)
     ]  # fmt: skip
     assert SECRET not in json.dumps(lines())
+
+
+async def test_an_api_key_in_the_upgrade_url_reaches_no_log(  # type: ignore[no-untyped-def]
+    start_bridge: StartBridge, users_server: int, echo_server: int, lines, caplog
+) -> None:
+    caplog.set_level("DEBUG")  # every logger, the error and debug lines too
+    bad = "bad-" + SECRET
+    auth = {"api_keys": {"header": "x-api-key", "keys": f"alice={SECRET}"},
+            "rules": [{"match": ECHO, "require": "api_key"}]}  # fmt: skip
+    bridge = await start_bridge(demo_config(users_server, echo_server, auth=auth))
+    async with connect(bridge.url, params={"x-api-key": SECRET}) as ws:
+        await ws.call(1, "Echo", {"message": "x"})
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(bridge.url + "/ws", params={"x-api-key": bad})
+    async with bridge.request("GET", "/v1/echo/hi", params={"x-api-key": bad}) as r:
+        assert r.status == 400  # REST takes no key from the query
+    assert [(line["subject"], line["route"]) for line in lines()] == [
+        ("alice", "/ws"), (None, "GET /v1/echo/{message}")
+    ]  # fmt: skip
+    assert SECRET not in caplog.text and SECRET not in json.dumps(lines())
 
 
 async def test_a_websocket_call_is_one_line_and_keeps_the_clients_id(  # type: ignore[no-untyped-def]

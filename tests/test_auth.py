@@ -235,11 +235,30 @@ async def test_ws_credentials_at_the_upgrade_header_and_query(bridge, keys):
         assert reply["metadata"]["x-bridge-subject"] == "browser-user"
 
 
+async def test_ws_an_api_key_in_the_upgrade_query_under_the_headers_name(bridge):
+    async with connect(bridge.url, params=key(ALICE_KEY)) as ws:  # /ws?x-api-key=... (browsers)
+        assert status(await ws.call("stats", "GetStats", {}))["code"] == 0  # require: api_key
+        [reply] = messages(await ws.call(1, "Echo", ECHO_MESSAGE))
+        assert reply["metadata"]["x-bridge-subject"] == "alice"
+    # A header sent wins over the query, as for access_token.
+    async with connect(bridge.url, headers=key(ANONYMOUS_KEY), params=key(ALICE_KEY)) as ws:
+        [reply] = messages(await ws.call(1, "Echo", ECHO_MESSAGE))
+        assert reply["metadata"]["x-bridge-subject"] == ANONYMOUS
+
+
+async def test_rest_takes_no_api_key_from_the_query(bridge):
+    status_code, body, _ = await bridge.json("GET", "/v1/stats", params=key(ALICE_KEY))
+    assert (status_code, body["code"]) == (400, 3)  # an unknown parameter, never a credential
+    assert "'x-api-key'" in body["message"] and ALICE_KEY not in body["message"]
+    assert (await bridge.json("GET", "/v1/stats", headers=key(ALICE_KEY)))[0] == 200
+
+
 @pytest.mark.parametrize(
     "credentials",
     [
         pytest.param({"headers": bearer("garbage")}, id="bad-bearer-header"),
         pytest.param({"params": {"access_token": "garbage"}}, id="bad-query-token"),
+        pytest.param({"params": key("not-a-key-0123456789")}, id="bad-query-api-key"),
         pytest.param({"headers": key("not-a-key-0123456789")}, id="bad-api-key"),
     ],
 )

@@ -1,7 +1,8 @@
 """The /docs page in headless Chromium: it lists the services, runs calls, follows registrations.
 
-The page reads the bridge's /openapi.json; nothing here stubs it. A screenshot of the page at
-the end is kept under the test's tmp_path (pytest keeps the last runs) and its path printed.
+The page reads the bridge's /openapi.json; nothing here stubs it. A screenshot of the page,
+taken once its unary call and server stream show their results, is kept as a test artifact in
+test-artifacts/docs.png (gitignored, removed by `make clean`) and its path printed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import jwt
 
-from tests.conftest import Bridge, StartBridge, demo_config
+from tests.conftest import ROOT, Bridge, StartBridge, demo_config
 from tests.teams import PING, PING_FILE, TOKEN, TeamServer, ping, register
 from tests.test_browser import PageProblems, chromium_page
 from tests.tokens import AUDIENCE, ISSUER, SECRET, claims
@@ -19,6 +20,8 @@ from tests.tokens import AUDIENCE, ISSUER, SECRET, claims
 USERS = "demo.users.v1.UserService"
 ECHO = "demo.echo.v1.EchoService"
 API_KEY = "alice-key-0123456789"
+SCREENSHOT = ROOT / "test-artifacts" / "docs.png"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 async def test_root_leads_to_the_docs_page(demo: Bridge) -> None:
@@ -47,6 +50,7 @@ async def test_docs_page_lists_calls_and_follows_registrations(
 
             await check_unary_over_rest(page)
             ticks = await check_server_stream(page)
+            await keep_screenshot(page)
             await check_client_stream_and_bidi(page)
 
             await team.deploy({PING_FILE: PING}, {"acme.ping.v1.Ping/Get": ping})
@@ -59,13 +63,19 @@ async def test_docs_page_lists_calls_and_follows_registrations(
             await expect(get.locator(".rest-result")).to_contain_text('"id": "7"')
             # The methods already on the page were kept, with what they showed.
             await expect(ticks).to_have_count(3)
-
-            shot = tmp_path / "docs.png"
-            await page.screenshot(path=str(shot), full_page=True)
-            print(f"docs page screenshot: {shot}")
             assert problems.seen == []
     finally:
         await team.stop()
+
+
+async def keep_screenshot(page: Any) -> None:
+    """The whole page, with the results it shows, as test-artifacts/docs.png."""
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)  # a file left by an earlier run proves nothing
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    print(f"docs page screenshot: {SCREENSHOT}")
+    data = SCREENSHOT.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, len(data)
 
 
 async def check_unary_over_rest(page: Any) -> None:
@@ -135,19 +145,52 @@ async def test_the_credential_typed_on_the_page_goes_with_rest_and_websocket_cal
         await get_user.locator("form.rest .send").click()
         await expect(get_user.locator(".rest-status")).to_contain_text("401")
 
-        await page.fill("#credential-header", "x-api-key")
-        await page.fill("#credential-value", API_KEY)
+        await type_credential(page, "x-api-key", API_KEY)
         await get_user.locator("form.rest .send").click()
         await expect(get_user.locator(".rest-result")).to_contain_text("Ada Lovelace")
         # A browser's WebSocket carries a bearer token in the upgrade URL (no headers there).
-        await page.fill("#credential-header", "Authorization")
-        await page.fill("#credential-value", f"Bearer {jwt.encode(claims(), SECRET, 'HS256')}")
-        tick = page.locator(f'details[data-method="{ECHO}/Tick"]')
-        await tick.locator("summary.head").click()
-        await tick.locator("textarea.message").fill('{"count": 2}')
-        await tick.locator("button.start").click()
+        token = jwt.encode(claims(), SECRET, "HS256")
+        await type_credential(page, "Authorization", f"Bearer {token}")
+        tick = await start_two_ticks(page)
         await expect(tick.locator(".stream-status")).to_have_text("OK · 2 messages")
         assert [p for p in problems.seen if "401" not in p] == []  # the refused fetch is logged
+
+
+async def test_a_stream_needing_an_api_key_runs_with_the_key_typed_on_the_page(
+    tmp_path: Path, start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    """The key goes in the upgrade's query under its header's name (/ws?x-api-key=...)."""
+    from playwright.async_api import expect
+
+    auth = {
+        "api_keys": {"header": "x-api-key", "keys": f"alice={API_KEY}"},
+        "rules": [{"match": f"{ECHO}/Tick", "require": "api_key"}],
+    }
+    bridge = await start_bridge(demo_config(users_server, echo_server, auth=auth))
+    async with chromium_page(tmp_path) as page:
+        problems = PageProblems(page)
+        await page.goto(bridge.url + "/docs")
+        tick = await start_two_ticks(page)
+        await expect(tick.locator(".stream-status")).to_contain_text("UNAUTHENTICATED")
+
+        await type_credential(page, "x-api-key", API_KEY)
+        await tick.locator("button.start").click()
+        await expect(tick.locator(".stream-status")).to_have_text("OK · 2 messages")
+        assert problems.seen == []
+
+
+async def type_credential(page: Any, header: str, value: str) -> None:
+    await page.fill("#credential-header", header)
+    await page.fill("#credential-value", value)
+
+
+async def start_two_ticks(page: Any) -> Any:
+    """Tick's section, its stream of two started from the page."""
+    tick = page.locator(f'details[data-method="{ECHO}/Tick"]')
+    await tick.locator("summary.head").click()
+    await tick.locator("textarea.message").fill('{"count": 2}')
+    await tick.locator("button.start").click()
+    return tick
 
 
 async def test_an_aggregate_is_listed_and_tried_like_any_route(

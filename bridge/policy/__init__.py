@@ -9,18 +9,16 @@ terminal, so it pays nothing for the policy machinery.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from bridge.call import Invoke, Principal, Step
+from bridge.call import Invoke, Step
 
 if TYPE_CHECKING:
     from bridge.registry.snapshot import Method
 
 # Builds one method's chain; given to the snapshot builder.
 Chains = Callable[["Method"], Invoke]
-# Who a request's credentials prove it is: None without any, a BridgeError 401 for bad ones.
-Identify = Callable[[Mapping[str, str]], "Principal | None"]
 
 
 def compose(steps: Sequence[Step], terminal: Invoke) -> Invoke:
@@ -29,4 +27,3 @@ def compose(steps: Sequence[Step], terminal: Invoke) -> Invoke:
     for step in reversed(steps):
         invoke = functools.partial(step, next=invoke)
     return invoke
-

@@ -320,6 +320,12 @@ class Authenticator:
         tokens = None if auth.jwt is None else _Tokens(auth.jwt, str(source))
         return cls(api_keys, tokens, auth.rules)
 
+    @property
+    def api_key_header(self) -> str | None:
+        """The (lowercase) header API keys come in; None when ``api_keys`` is not configured.
+        A WebSocket upgrade also takes the key as the query parameter of this name."""
+        return None if self._api_keys is None else self._api_keys.header
+
     def rule_for(self, method: str) -> AuthRule:
         """The first rule whose glob matches ``pkg.Service/Method``; a method that none
         matches needs a credential of either kind, so a newly registered service is never

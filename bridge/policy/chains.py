@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from bridge.call import Invoke, Step
 from bridge.config import Settings
 from bridge.observe.metrics import Observed
-from bridge.policy import Identify, compose
+from bridge.policy import compose
 from bridge.policy.auth import Authenticator
 from bridge.policy.buckets import MemoryBuckets
 from bridge.policy.cache import SUBJECT, Cache, StreamingRule
@@ -66,11 +66,6 @@ class Policies:
         )
         self.fallbacks = Fallbacks(settings.fallbacks) if settings.fallbacks else None
         self._shared_warned: set[str] = set()  # methods told about once (snapshots repeat)
-
-    @property
-    def identify(self) -> Identify | None:
-        """Who a request's credentials prove (a WebSocket upgrade's); None without ``auth``."""
-        return None if self.auth is None else self.auth.identify
 
     def chain(self, method: Method) -> Invoke:
         """The steps whose rules match ``method``, in front of the terminal; decided once."""

@@ -21,13 +21,13 @@ let connected = null; // { url, promise of a Bridge }
 
 /**
  * The WebSocket connection, opened on first use and again after it closes or the credential
- * changes. A browser cannot set headers on a WebSocket, so a bearer token goes in the upgrade's
- * `access_token` query parameter (the bridge accepts it there); other credentials go as each
- * call's metadata.
+ * changes. A browser cannot set headers on a WebSocket, so the credential goes in the upgrade's
+ * query, where the bridge takes it: a bearer token as `access_token`, an API key under its
+ * header's name (`?x-api-key=...`).
  */
 function connection() {
-  const token = (credential().authorization || "").match(/^Bearer\s+(.+)$/i);
-  const url = token ? `/ws?access_token=${encodeURIComponent(token[1])}` : "/ws";
+  const query = upgradeCredential();
+  const url = query ? `/ws?${new URLSearchParams(query)}` : "/ws";
   if (connected === null || connected.url !== url) {
     if (connected !== null) connected.promise.then((b) => b.close(), () => {});
     const promise = Bridge.connect(url);
@@ -41,13 +41,26 @@ function connection() {
 }
 
 /**
- * The credential typed on the page ({} when none): a header of REST calls and metadata of
- * WebSocket calls, under the name the bridge's auth config uses (Authorization, x-api-key...).
+ * The credential typed on the page ({} when none): a header of REST calls and, for WebSocket
+ * calls, the upgrade's query, under the name the bridge's auth config uses (Authorization,
+ * x-api-key...).
  */
 function credential() {
   const name = document.getElementById("credential-header").value.trim().toLowerCase();
   const value = document.getElementById("credential-value").value.trim();
   return name && value ? { [name]: value } : {};
+}
+
+/**
+ * The credential as the WebSocket upgrade's query ({ access_token } or { "x-api-key": ... }),
+ * or null for one the upgrade cannot carry (Authorization of another scheme than Bearer).
+ */
+function upgradeCredential() {
+  const [[name, value] = []] = Object.entries(credential());
+  if (name === undefined) return null;
+  if (name !== "authorization") return { [name]: value };
+  const token = value.match(/^Bearer\s+(.+)$/i);
+  return token ? { access_token: token[1] } : null;
 }
 
 function el(tag, attributes = {}, ...children) {
@@ -334,7 +347,9 @@ function streamForm(method) {
       return null;
     }
     let received = 0;
-    const options = { metadata: credential() };
+    // Sent at the upgrade, the credential is not repeated in each call (where it is no
+    // credential to the bridge, only metadata passed on to the backend).
+    const options = { metadata: upgradeCredential() ? {} : credential() };
     const call = kind === "server_streaming" ? bridge.serverStream(method.key, first, options)
       : kind === "client_streaming" ? bridge.clientStream(method.key, options)
         : bridge.bidi(method.key, options);

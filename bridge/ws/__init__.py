@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -14,17 +14,18 @@ from bridge.config import Settings
 from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
 from bridge.observe.metrics import WS_CONNECTIONS
-from bridge.policy import Identify
 from bridge.registry import Registry
 from bridge.upstream.metadata import REQUEST_ID, request_metadata
 from bridge.ws.session import Peer, Session
 from bridge.ws.wire import ClientSocket
 
+if TYPE_CHECKING:
+    from bridge.policy.auth import Authenticator
+
 SUBPROTOCOL: Final = "bridge.v1"
 ACCESS_TOKEN: Final = "access_token"  # the upgrade's query parameter for a bearer token
 AUTHORIZATION: Final = "Authorization"
 _GOING_AWAY: Final = 1001
-
 
 
 class WebSocketGateway:
@@ -35,11 +36,11 @@ class WebSocketGateway:
         settings: Settings,
         registry: Registry,
         client_address: ClientAddress,
-        identify: Identify | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.registry = registry
         self.client_address = client_address
-        self.identify = identify
+        self.auth = auth
         self.limits = settings.limits
         self.forward = frozenset(settings.forward_headers)
         self.origins = frozenset(o.lower() for o in settings.cors.allow_origins)
@@ -77,19 +78,34 @@ class WebSocketGateway:
     def _peer(self, request: web.Request) -> Peer:
         """The client, its credentials and its forwarded headers; a 400 or 401 if bad."""
         address = self.client_address(request)
-        headers: Mapping[str, str] = request.headers
-        token = request.query.get(ACCESS_TOKEN)
-        if token is not None and AUTHORIZATION not in headers:
-            # Browsers cannot set headers on a WebSocket: the token may come in the URL.
-            headers = CIMultiDict(headers)
-            headers[AUTHORIZATION] = f"Bearer {token}"
+        headers = self._credentials(request)
         base = request_metadata(
             headers.items(), self.forward, peer=address,
             request_id="", max_bytes=self.limits.max_metadata,
         )  # fmt: skip
         metadata = [kv for kv in base if kv[0] != REQUEST_ID]
-        principal = None if self.identify is None else self.identify(headers)
+        principal = None if self.auth is None else self.auth.identify(headers)
         return Peer(address, headers, metadata, principal)
+
+    def _credentials(self, request: web.Request) -> Mapping[str, str]:
+        """The upgrade's headers, with the credentials a browser can only put in the URL (it
+        cannot set headers on a WebSocket): a bearer token as ``access_token`` and an API key
+        under the API-key header's name (``?x-api-key=``, as Kong's key-auth takes it). A header
+        that is sent wins. REST takes headers only: this is the upgrade's exception.
+        """
+        query = request.query
+        given = {}
+        if ACCESS_TOKEN in query:
+            given[AUTHORIZATION] = f"Bearer {query[ACCESS_TOKEN]}"
+        key_header = None if self.auth is None else self.auth.api_key_header
+        if key_header is not None and key_header in query:
+            given[key_header] = query[key_header]
+        missing = {name: value for name, value in given.items() if name not in request.headers}
+        if not missing:
+            return request.headers
+        headers = CIMultiDict(request.headers)
+        headers.update(missing)
+        return headers
 
     def _refusal(self, request: web.Request, ws: ClientSocket) -> BridgeError | None:
         if not ws.can_prepare(request).ok:
