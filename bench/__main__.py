@@ -9,8 +9,8 @@ with auth and rate limits on (their cost against the 15% budget), Envoy's gRPC-J
 transcoder where Envoy is installed, a bridge whose cache answers every call (a hit's CPU
 against a backend call's) and one serving an aggregate of three calls (its CPU against three
 REST calls). Reference rows measure the same work without the bridge
-(a naive hop, the grpc.aio client alone). Prints a table and writes a list of scenario objects
-to bench/results.json.
+(a naive hop, the grpc.aio client alone); a last row times the metrics step alone, in-process.
+Prints a table and writes a list of scenario objects to bench/results.json.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from bench import envoy, load, report, rivals
+from bench import envoy, load, metrics_cost, report, rivals
 from bench.processes import BenchError, Service, start_backend, start_bridge
 from bench.scenarios import CONCURRENCY, Plan, Result, Scenarios, not_measured
 
@@ -65,6 +65,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         idle_sockets=args.idle or (1_000 if quick else 5_000),
         hold_seconds=1.0 if quick else 3.0,
         workers=args.workers,
+        metrics_calls=20_000 if quick else 50_000,
     )
 
 
@@ -113,6 +114,7 @@ def run_scenarios(
     steps.append((["reference_grpc_aio_client_stream_100"], lambda: [s.grpc_client_streams(100)]))
     steps.append(([f"ws_idle_{plan.idle_sockets}"],
                   lambda: [_run_async(s.ws_idle(wanted, limit_note))]))  # fmt: skip
+    steps.append(([metrics_cost.NAME], lambda: [metrics_cost.measure(plan.metrics_calls)]))
     results: list[Result] = []
     for names, step in steps:
         print(f"running {' + '.join(names)} ...", flush=True)
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
                 bridge.stop()
         finally:
             backend.stop()
+    metrics_cost.against_rest(results)
     targets = report.check_targets(results)
     report.print_table(results)
     print("targets:")

@@ -52,6 +52,7 @@ class Plan:
     rounds: int = 1  # alternated direct/bridge runs per unary pair
     warmup: int = 1
     workers: int = 1  # bridge processes, for the bridges a scenario starts itself
+    metrics_calls: int = 50_000  # calls per repeat of the metrics step's measure
 
 
 @dataclass

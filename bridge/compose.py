@@ -33,7 +33,7 @@ from google.protobuf.descriptor import Descriptor
 from multidict import MultiMapping
 
 from bridge import errors
-from bridge.call import AGGREGATE, Call
+from bridge.call import AGGREGATE, Call, Principal
 from bridge.config import ConfigError, Settings
 from bridge.config.composition import (
     ERRORS_KEY,
@@ -54,7 +54,7 @@ from bridge.upstream.metadata import Metadata
 FALLBACK_HEADER: Final = "x-bridge-fallback"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Parent:
     """What every child of one aggregate request shares: the HTTP request's call context."""
 
@@ -63,6 +63,9 @@ class Parent:
     peer: str | None
     request_id: str
     headers: Mapping[str, str]
+    # The caller, once a child's auth step proved it (the children share the credentials):
+    # the aggregate's access-log subject.
+    principal: Principal | None = None
 
 
 # --- static routes ---------------------------------------------------------------------------
@@ -289,6 +292,8 @@ class _Run:
         except BridgeError as error:
             error.headers.update(call.response_headers)  # RateLimit-* on a refusal, as REST does
             raise
+        finally:
+            parent.principal = parent.principal or call.principal
         message = await reply.next()
         assert message is not None  # a unary reply is a stream of exactly one
         if any(k.lower() == FALLBACK_HEADER for k in call.response_headers):

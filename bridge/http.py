@@ -17,6 +17,7 @@ from bridge.edge import read_body
 from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
 from bridge.observe import log as access_log
+from bridge.observe import metrics
 from bridge.observe.trace import traced
 from bridge.registry import Registry
 from bridge.registry.snapshot import Binding, Snapshot
@@ -42,6 +43,7 @@ ROUTE: Final = web.RequestKey("route", Route)
 CALL: Final = web.RequestKey("call", Call)
 STREAM_CODE: Final = web.RequestKey("stream_code", int)
 STREAMED: Final = web.RequestKey("streamed", int)  # body bytes a stream wrote
+PARENT: Final = web.RequestKey("parent", Parent)  # an aggregate's context: its caller's subject
 Target = Binding | AggregateRoute | StaticAnswer  # what a matched route serves
 Params = dict[tuple[str, ...], str]
 
@@ -75,6 +77,8 @@ class RestGateway:
         except BridgeError as error:
             code = error.code
             response = error_response(error, {"X-Request-Id": rid})
+            if CALL not in request:
+                _count_refusal(request, code, started)
         _log(request, response, rid, request.get(STREAM_CODE, code), started)
         return response
 
@@ -96,7 +100,7 @@ class RestGateway:
         given = request.headers.get("grpc-timeout")
         timeout = None if given is None else parse_grpc_timeout(given)
         if isinstance(binding, AggregateRoute):
-            parent = Parent(metadata, timeout, peer, rid, request.headers)
+            parent = request[PARENT] = Parent(metadata, timeout, peer, rid, request.headers)
             composed, headers = await binding.run(snapshot, parent, params, request.query)
             headers["X-Request-Id"] = rid
             return web.Response(body=dumps(composed), content_type=JSON, headers=headers)
@@ -247,6 +251,16 @@ async def _write(request: web.Request, response: web.StreamResponse, data: bytes
     await response.write(data)
 
 
+def _count_refusal(request: web.Request, code: int, started: float) -> None:
+    """Count a request refused before a method's chain counted it: no route (405 too), a bad
+    body or selection. An aggregate's failure is not one: its calls were counted each."""
+    route = request.get(ROUTE)
+    if route is None:
+        metrics.refused(HTTP, code, started)
+    elif isinstance(route.target, Binding):
+        metrics.refused(HTTP, code, started, route.target)
+
+
 def _log(
     request: web.Request, response: web.StreamResponse, rid: str, code: int, started: float
 ) -> None:
@@ -254,7 +268,7 @@ def _log(
     a secret), and an aggregate as one line (its calls share its request id and trace)."""
     route = request.get(ROUTE)
     target = None if route is None else route.target
-    call = request.get(CALL)
+    call = request.get(CALL) or request.get(PARENT)
     principal = None if call is None else call.principal
     body = getattr(response, "body", None)  # a Response not sent yet; a stream counted its own
     sent = len(body) if isinstance(body, bytes) else request.get(STREAMED, 0)

@@ -175,6 +175,38 @@ async def test_an_aggregate_is_one_line_for_its_route(  # type: ignore[no-untype
     assert line["request_id"] == headers["X-Request-Id"]
 
 
+async def test_an_aggregates_line_names_its_caller(  # type: ignore[no-untyped-def]
+    start_bridge: StartBridge, users_server: int, echo_server: int, lines
+) -> None:
+    """The subject of an aggregate is the principal its calls' auth steps proved."""
+    config = pair_config(users_server, echo_server)
+    config["auth"] = {"api_keys": {"header": "x-api-key", "keys": f"alice={SECRET}"},
+                      "rules": [{"match": ECHO, "require": "api_key"}]}  # fmt: skip
+    bridge = await start_bridge(config)
+    for headers in ({"x-api-key": SECRET}, {}):
+        async with bridge.request("GET", "/bff/v1/pair", headers=headers):
+            pass
+    assert [(line["transport"], line["subject"], line["http_status"]) for line in lines()] == [
+        ("aggregate", "alice", 200), ("aggregate", None, 401)
+    ]  # fmt: skip
+    assert SECRET not in json.dumps(lines())
+
+
+async def test_a_request_refused_before_routing_is_one_line(  # type: ignore[no-untyped-def]
+    start_bridge: StartBridge, users_server: int, echo_server: int, lines
+) -> None:
+    """A body declared over limits.max_body, refused before any route, still gets its line."""
+    bridge = await start_bridge(demo_config(users_server, echo_server, limits={"max_body": "1KiB"}))
+    headers = {"x-request-id": "big-1"}
+    async with bridge.request("POST", "/v1/echo", data=b"x" * 2000, headers=headers) as resp:
+        assert resp.status == 413 and resp.headers["X-Request-Id"] == "big-1"
+    [line] = lines()
+    assert line.keys() == FIELDS
+    assert (line["request_id"], line["route"], line["http_status"], line["grpc_code"]) == (
+        "big-1", None, 413, "RESOURCE_EXHAUSTED"
+    )  # fmt: skip
+
+
 TINY = {"acme/tiny/v1/tiny.proto": 'syntax = "proto3";\npackage acme.tiny.v1;\n'}
 
 

@@ -30,8 +30,9 @@ SCENARIOS = [
     "rest_unary_16k_c16",
     "direct_grpc_stream_1", "ws_stream_1_socket", "direct_grpc_stream_100",
     "ws_stream_100_sockets", "reference_grpc_aio_client_stream_100", "ws_idle_1000",
+    "metrics_cost_per_call",
 ]  # fmt: skip
-THROUGH_BRIDGE = [s for s in SCENARIOS if not s.startswith(("direct_", "reference_"))
+THROUGH_BRIDGE = [s for s in SCENARIOS if not s.startswith(("direct_", "reference_", "metrics_"))
                   and s not in RIVALS]  # fmt: skip
 REFERENCES = [s for s in SCENARIOS if s.startswith("reference_")]
 
@@ -82,6 +83,15 @@ def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
     assert idle["connections_held"] == 1000 and idle["echo_ok"] == "10/10", idle
     assert idle["bridge_rss_mib"] > idle["bridge_rss_before_mib"] > 0, idle
     assert "machine: " in run.stdout and "targets:" in run.stdout
+    _check_metrics_cost(by_name["metrics_cost_per_call"], run.stdout)
+
+
+def _check_metrics_cost(row: dict, stdout: str) -> None:
+    """The metrics step's CPU a call, in both counting modes, and its share of a REST call's."""
+    assert row["unit"] == "call" and row["calls"] == 20_000, row
+    assert _number(row["cpu_us_per_req"]) and _number(row["multiprocess_cpu_us_per_req"]), row
+    assert row["plain"] == "rest_unary_c16" and _number(row["share_of_rest_cpu_pct"]), row
+    assert any(f"{v}  metrics_cost_per_call: " in stdout for v in ("PASS", "FAIL")), stdout
 
 
 def _check_rivals(by_name: dict[str, dict], stdout: str) -> None:

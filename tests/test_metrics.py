@@ -7,13 +7,17 @@ the numbers before and after its calls.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PROTOS, Bridge, StartBridge, demo_config
+from tests.raw_http import RawConnection, request
 from tests.test_workers import eventually, serving
 from tests.ws_client import connect
 
@@ -131,3 +135,148 @@ async def test_workers_share_their_numbers(tmp_path: Path, echo_server: int) -> 
             samples = await scrape(base)
             totals.add(calls(samples, "/v1/echo/{message}", ECHO, "http", "OK"))
         assert totals == {len(found)}, totals
+
+
+# --- refusals before any method's chain, limits, and streams that fail midway ---------------
+
+UNMATCHED = "(unmatched)"
+FAST = {"header_timeout": "300ms", "body_timeout": "300ms", "max_body": "1KiB",
+        "max_metadata": "1KiB", "ws_max_frame": "4KiB", "ws_max_calls": 1}  # fmt: skip
+LIMIT = "bridge_rejections_total"
+
+
+@pytest.fixture(autouse=True)
+async def _raw_connections_closed() -> AsyncIterator[None]:
+    yield
+    await RawConnection.close_all()
+
+
+def deltas(before: Samples, after: Samples) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """What changed between two scrapes."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+async def test_requests_refused_before_a_chain_are_counted_with_bounded_labels(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    """No route (404), a method not allowed (405), a body refused at the edge (413) and a bad
+    body for a matched route (400) are calls too: never under their raw path."""
+    bridge = await start_bridge(demo_config(users_server, echo_server, limits=FAST))
+    before = await scrape(bridge.url)
+    sent = [("GET", "/no/such/7f3a", None), ("DELETE", "/v1/echo", None),
+            ("POST", "/v1/echo", b"x" * 2000), ("POST", "/v1/echo", b"{not json")]  # fmt: skip
+    statuses = []
+    for method, path, body in sent:
+        async with bridge.request(method, path, data=body) as resp:
+            statuses.append(resp.status)
+    async with connect(bridge.url) as ws:
+        assert (await ws.call(1, "NoSuchMethod", {}))[-1]["status"]["code"] == 12
+    assert statuses == [404, 405, 413, 400]
+    after = await scrape(bridge.url)
+
+    def delta(*labels: str) -> float:
+        return calls(after, *labels) - calls(before, *labels)
+
+    assert delta(UNMATCHED, "", "http", "NOT_FOUND") == 1
+    assert delta(UNMATCHED, "", "http", "UNIMPLEMENTED") == 1  # the 405
+    assert delta(UNMATCHED, "", "http", "RESOURCE_EXHAUSTED") == 1  # refused before routing
+    assert delta("/v1/echo", ECHO, "http", "INVALID_ARGUMENT") == 1  # matched, never invoked
+    assert delta(UNMATCHED, "", "ws", "UNIMPLEMENTED") == 1
+    labels = {"route": UNMATCHED, "method": "", "transport": "http", "code": "NOT_FOUND"}
+    name = "bridge_request_duration_seconds_count"
+    assert value(after, name, **labels) - value(before, name, **labels) == 1
+    assert not [k for k in after if "7f3a" in str(k) or "NoSuchMethod" in str(k)]
+
+
+async def test_every_limit_refusal_is_counted_once(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    bridge = await start_bridge(demo_config(users_server, echo_server, limits=FAST))
+    counts = []
+    base = value(await scrape(bridge.url), LIMIT, reason="limit")
+
+    async def counted() -> float:
+        counts.append(value(await scrape(bridge.url), LIMIT, reason="limit") - base)
+        return counts[-1]
+
+    # limits.header_timeout: a head begun and never finished is a 408.
+    connection = await RawConnection.open(bridge.url)
+    await connection.send(b"GET /healthz HTTP/1.1\r\n")
+    (await connection.answer(3)).assert_status(408, 4, "limits.header_timeout")
+    assert await counted() == 1
+    # limits.body_timeout: a body that does not arrive in time is a 408.
+    connection = await RawConnection.open(bridge.url)
+    await connection.send(request("POST", "/v1/echo", "Content-Length: 900") + b"{")
+    (await connection.answer(3)).assert_status(408, 4, "limits.body_timeout")
+    assert await counted() == 2
+    # limits.max_metadata: 400 before the backend.
+    headers = {"Grpc-Metadata-x-blob": "v" * 1500}
+    async with bridge.request("POST", "/v1/echo", json={"message": "x"}, headers=headers) as r:
+        assert r.status == 400
+    assert await counted() == 3
+    # limits.max_body, declared: 413 at the edge.
+    async with bridge.request("POST", "/v1/echo", data=b"x" * 2000) as resp:
+        assert resp.status == 413
+    assert await counted() == 4
+    async with connect(bridge.url) as ws:
+        await ws.start("stuck", "Tick", {"count": 2, "intervalMs": 100000})
+        await ws.next("stuck")
+        frames = await ws.call(2, "Echo", {"message": "x"})  # limits.ws_max_calls
+        assert frames[-1]["status"]["code"] == 8
+        assert await counted() == 5
+        await ws.start(3, "Echo", {"message": "x" * 5000})  # limits.ws_max_frame
+        assert await ws.closed() == 1009
+    assert await eventually_counted(counted, 6)
+
+
+async def eventually_counted(counted: Any, want: float) -> bool:
+    """The socket's 1009 is counted as its read loop sees the error, just after the close."""
+    for _ in range(50):
+        if await counted() == want:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_refused_connection_is_counted(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    """limits.max_connections with every connection busy: the next is refused with a 503."""
+    config = demo_config(users_server, echo_server, limits={"max_connections": 4})
+    bridge = await start_bridge(config)
+    base = value(await scrape(bridge.url), LIMIT, reason="limit")
+    busy = [await RawConnection.open(bridge.url) for _ in range(4)]
+    for connection in busy:
+        await connection.send(request("GET", "/v1/ticks?count=0&interval_ms=200"))
+        assert (await connection.answer()).status == 200
+    refused = await RawConnection.open(bridge.url)
+    await refused.send(request("GET", "/healthz"))
+    (await refused.answer(1)).assert_status(503, 14, "limits.max_connections")
+    for connection in busy:
+        connection.close()
+    await asyncio.sleep(0.2)  # the streams end and their connections leave
+    assert value(await scrape(bridge.url), LIMIT, reason="limit") - base == 1
+
+
+async def test_a_stream_failing_midway_carries_its_final_code(demo: Bridge) -> None:
+    """A server stream whose backend fails after its first message: the call's code is the
+    failure's, over NDJSON, SSE and WebSocket, and the upstream error is counted."""
+    before = await scrape(demo.url)
+    for accept in ("application/x-ndjson", "text/event-stream"):
+        headers = {"Accept": accept}
+        async with demo.request("GET", "/v1/ticks?count=5&fail_after=2", headers=headers) as r:
+            assert r.status == 200 and b"tick source failed" in await r.read()
+    async with connect(demo.url) as ws:
+        frames = await ws.call(1, "Tick", {"count": 5, "intervalMs": 1, "failAfter": 2})
+        assert frames[-1]["status"]["code"] == 14
+    after = await scrape(demo.url)
+
+    def delta(*labels: str) -> float:
+        return calls(after, *labels) - calls(before, *labels)
+
+    assert delta("/v1/ticks", TICK, "http", "UNAVAILABLE") == 2
+    assert delta(f"/{TICK}", TICK, "ws", "UNAVAILABLE") == 1
+    assert delta("/v1/ticks", TICK, "http", "OK") == 0
+    errors = "bridge_upstream_errors_total"
+    labels = {"upstream": "echo", "code": "UNAVAILABLE"}
+    assert value(after, errors, **labels) - value(before, errors, **labels) == 3

@@ -32,6 +32,7 @@ from aiohttp.streams import StreamReader
 from bridge import errors
 from bridge.edge.connections import ConnectionTable
 from bridge.errors import BridgeError, error_response
+from bridge.observe.metrics import REJECTED_LIMIT
 
 log = logging.getLogger("bridge")
 
@@ -114,6 +115,7 @@ class EdgeProtocol(web_protocol.RequestHandler):
             super().connection_made(transport)
             return
         self._refused = True
+        REJECTED_LIMIT.inc()  # limits.max_connections
         self.close()  # aiohttp ignores whatever arrives from here on
         self._answer(transport, NO_ROOM)  # type: ignore[arg-type]
 
@@ -215,6 +217,8 @@ class EdgeProtocol(web_protocol.RequestHandler):
             self.force_close()
 
     def _end_with(self, error: BridgeError) -> None:
+        """Answer a request head cut short (limits.header_timeout or max_connections), close."""
+        REJECTED_LIMIT.inc()
         transport = self.transport
         self.close()  # aiohttp stops parsing and ends its wait for a request
         if transport is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -12,10 +13,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from bridge import errors
+from bridge.call import HTTP
 from bridge.config import Limits
 from bridge.edge.protocol import parse_error, quote, version_error
 from bridge.errors import BridgeError, error_response
+from bridge.observe import log as access_log
+from bridge.observe import metrics
 from bridge.observe.metrics import REJECTED_LIMIT
+from bridge.upstream.metadata import request_id
 
 LIMITS: Final = web.AppKey("limits", Limits)  # read by read_body for limits.body_timeout
 
@@ -49,10 +54,10 @@ class RequestGate:
             if declared is not None and int(declared) > self._lowest:
                 refusal = self._too_large(request, int(declared))
                 if refusal is not None:
-                    return _refuse(refusal)
+                    return _refuse(request, refusal)
         expect = request.headers.get(hdrs.EXPECT)
         if expect is not None and expect.strip().lower() != "100-continue":
-            return _refuse(BridgeError(
+            return _refuse(request, BridgeError(
                 errors.FAILED_PRECONDITION,
                 f"Expect: {quote(expect)} cannot be met; only 100-continue is supported",
                 status=417,
@@ -73,10 +78,22 @@ class RequestGate:
         )
 
 
-async def _refuse(error: BridgeError) -> web.StreamResponse:
-    """The refusal, and the connection closes after it: an unread body cannot be skipped."""
-    response = error_response(error, {"Connection": "close"})
+async def _refuse(request: web.BaseRequest, error: BridgeError) -> web.StreamResponse:
+    """The refusal, and the connection closes after it: an unread body cannot be skipped.
+
+    Counted and logged like a request no route matched: it never reached one.
+    """
+    started = time.perf_counter()
+    rid = request_id(request.headers)
+    response = error_response(error, {"Connection": "close", "X-Request-Id": rid})
     response.force_close()
+    metrics.refused(HTTP, error.code, started)
+    body = response.body
+    access_log.access(
+        request_id=rid, subject=None, transport=HTTP, method=None, route=None,
+        http_status=error.status, grpc_code=error.code, started=started, bytes_in=0,
+        bytes_out=len(body) if isinstance(body, bytes) else 0,
+    )  # fmt: skip
     return response
 
 
@@ -85,7 +102,7 @@ def _refuse_version(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
     # aiohttp writes the request's version in the status line; this answer is HTTP/1.1, so
     # the request's cached `version` is made to say so (see protocol.check_aiohttp).
     request._cache["version"] = HttpVersion11  # type: ignore[attr-defined]
-    return _refuse(version_error(version))
+    return _refuse(request, version_error(version))
 
 
 async def read_body(request: web.Request, limit: int, what: str, key: str) -> bytes:
@@ -116,6 +133,7 @@ async def _read(request: web.Request, limit: int, what: str, key: str) -> bytes:
             async with asyncio.timeout(timeout):
                 body = await _read_up_to(content, limit, what, key)
     except TimeoutError:
+        REJECTED_LIMIT.inc()
         raise BridgeError(
             errors.DEADLINE_EXCEEDED,
             f"the {what} did not arrive within {timeout:g}s (limits.body_timeout)",

@@ -8,7 +8,10 @@ path never updates it.
 
 Labels are bounded: ``route`` is a route template (a WebSocket or aggregate call's is its
 method's default path), never a raw path; ``method`` a served method's name; ``code`` a gRPC
-code name. A `Observed` step binds its label children once per route, transport and code.
+code name. A `Observed` step binds its label children once per route, transport and code. A
+request refused before any method's chain saw it is counted by `refused`: with its route's
+labels when one matched (a bad body), else as route ``(unmatched)`` and method ``""`` (no
+route, a method not allowed, a refusal at the edge before routing).
 
 With ``--workers N`` the parent (bridge/cli.py) sets ``PROMETHEUS_MULTIPROC_DIR`` to a
 temporary directory before this module is first imported and the workers fork; every worker
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
     from google.protobuf.message import Message
 
     from bridge.registry import Registry
-    from bridge.registry.snapshot import Method
+    from bridge.registry.snapshot import Binding, Method
     from bridge.upstream.metadata import Metadata
     from bridge.upstream.pool import Upstreams
 
@@ -94,7 +97,20 @@ _EVENTS: Final = (
 
 _CODE_NAMES: Final = dict(errors.NAME_BY_CODE)
 _OK: Final = "OK"
+UNMATCHED: Final = "(unmatched)"  # the route label of a request no route matched
 _clock = time.perf_counter
+
+
+def refused(transport: str, code: int, started: float, binding: Binding | None = None) -> None:
+    """Count a request refused before a method's chain saw it (no route, a bad body, a limit),
+    under its route's labels when it matched one (``binding``), else as ``(unmatched)``."""
+    code_name = _CODE_NAMES.get(code, "UNKNOWN")
+    if binding is None:
+        labels = (UNMATCHED, "", transport, code_name)
+    else:
+        labels = (route_label(binding), binding.method.full_name, transport, code_name)
+    REQUESTS.labels(*labels).inc()
+    DURATION.labels(*labels).observe(_clock() - started)
 
 
 class Observed:
@@ -139,15 +155,16 @@ class Observed:
         key = (call.binding, call.transport, code)
         children = self._children.get(key)
         if children is None:
-            labels = (_route(call), self._method, call.transport, code)
+            labels = (route_label(call.binding), self._method, call.transport, code)
             children = REQUESTS.labels(*labels), DURATION.labels(*labels)
             self._children[key] = children
         children[0].inc()
         children[1].observe(_clock() - start)
 
 
-def _route(call: Call) -> str:
-    return call.binding.route or call.binding.method.grpc_path
+def route_label(binding: Binding) -> str:
+    """A binding's bounded route label: its template, or its method's default path."""
+    return binding.route or binding.method.grpc_path
 
 
 class _ObservedReply:

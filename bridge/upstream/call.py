@@ -144,7 +144,7 @@ async def _attempt(
             first = await grpc_call.read()
         elif grpc_call.done() and never_reached(await grpc_call.code(), await grpc_call.details()):
             await grpc_call.read()  # raises the failure, to be retried on another target
-        reply = StreamReply(grpc_call, pool, list(initial), first, writer)
+        reply = StreamReply(grpc_call, pool, list(initial), first, writer, upstream=upstream.name)
         writer = None  # the reply stops it now
         return reply
     except asyncio.CancelledError:
@@ -224,9 +224,10 @@ class UnaryReply:
 
 
 class StreamReply:
-    """A server stream, read one message at a time."""
+    """A server stream, read one message at a time; a failure after its start is counted as
+    its upstream's error here (one before it was counted by the attempt)."""
 
-    __slots__ = ("_call", "_first", "_pool", "_writer", "initial")
+    __slots__ = ("_call", "_first", "_pool", "_upstream", "_writer", "initial")
 
     def __init__(
         self,
@@ -235,8 +236,11 @@ class StreamReply:
         initial: Metadata,
         first: Any = None,
         writer: asyncio.Task[None] | None = None,
+        *,
+        upstream: str,  # its name, for the error counts
     ) -> None:
         self._call = call
+        self._upstream = upstream
         self._pool = pool
         self.initial = initial
         self._first = first  # read already (to retry before it), or None
@@ -248,10 +252,12 @@ class StreamReply:
             try:
                 message = await self._call.read()
             except grpc.aio.AioRpcError as exc:
+                UPSTREAM_ERRORS.labels(self._upstream, exc.code().name).inc()
                 raise rpc_error(exc, self._pool) from None
         if message is grpc.aio.EOF:
             code = await self._call.code()
             if code != grpc.StatusCode.OK:
+                UPSTREAM_ERRORS.labels(self._upstream, code.name).inc()
                 trailing = await self._call.trailing_metadata()
                 error = error_from_status(
                     code.value[0], await self._call.details(), trailing, self._pool

@@ -96,6 +96,10 @@ def _extend(
         converted = _metadata_value(key, value, what)
         size += len(key) + len(converted)
         if size > max_bytes:
+            # Imported here: the metrics module imports bridge.call, which imports this one.
+            from bridge.observe.metrics import REJECTED_LIMIT
+
+            REJECTED_LIMIT.inc()  # limits.max_metadata
             raise invalid_argument(f"request metadata exceeds {max_bytes} bytes in total")
         out.append((key, converted))
     return out

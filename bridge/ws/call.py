@@ -17,6 +17,7 @@ from bridge import errors
 from bridge.call import Call
 from bridge.errors import BridgeError
 from bridge.observe import log
+from bridge.observe.metrics import REJECTED_LIMIT
 from bridge.upstream.metadata import REQUEST_ID, metadata_dict
 from bridge.ws import frames
 from bridge.ws.frames import CallId
@@ -56,6 +57,7 @@ class WsCall:
         try:
             self._inbox.put_nowait(request)
         except asyncio.QueueFull:
+            REJECTED_LIMIT.inc()
             raise BridgeError(
                 errors.RESOURCE_EXHAUSTED,
                 f"more than {INBOX_SIZE} request messages queued ahead of the backend",

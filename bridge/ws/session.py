@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from bridge import errors
 from bridge.call import WEBSOCKET, Call, Principal
 from bridge.errors import BridgeError
+from bridge.observe import metrics
+from bridge.observe.metrics import REJECTED_LIMIT
 from bridge.observe.trace import traced
 from bridge.registry import Registry
 from bridge.upstream.metadata import (
@@ -76,6 +79,8 @@ class Session:
                     await self.send(
                         frames.error(errors.INVALID_ARGUMENT, "frames must be JSON text")
                     )
+                elif msg.type == WSMsgType.ERROR and _too_big(msg.data):
+                    REJECTED_LIMIT.inc()  # limits.ws_max_frame: aiohttp closes with 1009
         finally:
             await self.stop_all(None)
 
@@ -149,9 +154,13 @@ class Session:
             call.half_close()
 
     async def _start(self, frame: Frame, size: int) -> None:
+        started = time.perf_counter()
         try:
             call, first = self._prepare(frame)
         except BridgeError as exc:
+            # Refused before the method's chain: counted here (unknown method: "(unmatched)").
+            name = (frame.method or "").removeprefix("/")
+            metrics.refused(WEBSOCKET, exc.code, started, self.registry.snapshot.bindings.get(name))
             await self.send(frames.status(frame.id, exc, None))
             return
         except Exception:
@@ -185,6 +194,7 @@ class Session:
         if binding is None:
             raise BridgeError(errors.UNIMPLEMENTED, f"unknown method {name!r}")
         if len(self.calls) >= self.max_calls:
+            REJECTED_LIMIT.inc()
             raise BridgeError(
                 errors.RESOURCE_EXHAUSTED, f"more than {self.max_calls} open calls on this socket"
             )
@@ -218,6 +228,11 @@ class Session:
 
     async def _frame_error(self, message: str) -> None:
         await self.send(frames.error(errors.INVALID_ARGUMENT, message))
+
+
+def _too_big(error: object) -> bool:
+    """Whether a read failed on a frame over ``max_msg_size`` (limits.ws_max_frame)."""
+    return isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG
 
 
 def _size(text: str) -> int:
