@@ -28,16 +28,19 @@ from typing import TYPE_CHECKING
 
 from bridge.call import Invoke, Step
 from bridge.config import Settings
+from bridge.config.policies import CacheSettings
 from bridge.observe.metrics import Observed
 from bridge.policy import compose
 from bridge.policy.auth import Authenticator
-from bridge.policy.buckets import MemoryBuckets
+from bridge.policy.buckets import BucketStore, MemoryBuckets
 from bridge.policy.cache import SUBJECT, Cache, StreamingRule
-from bridge.policy.cache_store import MemoryStore
+from bridge.policy.cache_store import CacheStore, MemoryStore
 from bridge.policy.fallback import FallbackError, Fallbacks
 from bridge.policy.ratelimit import RateLimits
 from bridge.registry.snapshot import SnapshotError
-from bridge.shared.link import RedisLinks
+from bridge.shared.buckets import RedisBuckets
+from bridge.shared.cache import RedisCache
+from bridge.shared.link import RedisLinks, is_redis
 
 if TYPE_CHECKING:
     from bridge.registry.snapshot import Method
@@ -55,15 +58,14 @@ class Policies:
         self.auth = None if settings.auth is None else Authenticator.from_settings(
             settings.auth, settings.source
         )  # fmt: skip
+        links = links if links is not None else RedisLinks()
         self.limits = (
-            RateLimits(settings.rate_limits, MemoryBuckets()) if settings.rate_limits else None
-        )
-        cache = settings.cache
-        self.cache = (
-            Cache(cache.rules, MemoryStore(cache.max_entries, cache.max_bytes))
-            if cache.rules
+            RateLimits(settings.rate_limits, _buckets(settings.rate_limits_store, links))
+            if settings.rate_limits
             else None
         )
+        cache = settings.cache
+        self.cache = Cache(cache.rules, _cache_store(cache, links)) if cache.rules else None
         self.fallbacks = Fallbacks(settings.fallbacks) if settings.fallbacks else None
         self._shared_warned: set[str] = set()  # methods told about once (snapshots repeat)
 
@@ -109,3 +111,15 @@ class Policies:
         yield
         if self.auth is not None:
             await self.auth.close()
+
+
+def _buckets(store: str, links: RedisLinks) -> BucketStore:
+    """The rate limits' buckets: in this process, or in the Redis the config names (SPEC 10)."""
+    return RedisBuckets(links.get(store)) if is_redis(store) else MemoryBuckets()
+
+
+def _cache_store(cache: CacheSettings, links: RedisLinks) -> CacheStore:
+    """The cache's entries: in this process, or in Redis with this process's memory (bounded
+    as configured) while Redis is unreachable."""
+    memory = MemoryStore(cache.max_entries, cache.max_bytes)
+    return RedisCache(links.get(cache.store), memory) if is_redis(cache.store) else memory

@@ -133,7 +133,7 @@ class RedisLink:
         return detail
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)  # a pool given is not closed else
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,74 @@
+"""Token buckets in Redis (SPEC 10): every instance counts a key in one bucket.
+
+The bucket is `bridge.policy.buckets`' GCRA number, the moment the bucket is full again, kept
+under ``bridge:rl:<key>`` in integer microseconds. One Lua script reads it, decides and
+writes it back, so a take is one atomic round trip however many instances ask at once, and
+"exactly burst, then rate a second" holds across all of them. The script reads the time from
+Redis (``TIME``), not from the caller, so instances whose clocks disagree still agree on the
+bucket; and it stores the number with ``PX`` set to the moment the bucket is full again, so a
+key expires with its bucket (a full bucket and a missing key mean the same).
+
+While the link is down (`bridge.shared.link`), takes are answered by this instance's own
+`MemoryBuckets`: with N instances, a key may then pass up to N times its limit. The outage is
+logged once by the link, never per request.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from bridge.policy.buckets import Decision, MemoryBuckets
+from bridge.shared.link import FAILURES, RedisLink
+
+PREFIX: Final = "bridge:rl:"
+_US: Final = 1_000_000
+
+# KEYS[1]: the bucket; ARGV[1]: microseconds per token; ARGV[2]: burst.
+# Returns {1, backlog} when allowed, {0, backlog, retry}, in microseconds: backlog is how long
+# until the bucket is full again, retry how long until the next token. Lua numbers are doubles:
+# exact for integers below 2^53 (Unix time in microseconds is about 2^51), but tostring would
+# print them with 14 digits, so the number is written with %d.
+_TAKE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local when = tonumber(redis.call('GET', KEYS[1]) or 0)
+local backlog = 0
+if when > now then backlog = when - now end
+local allowance = (tonumber(ARGV[2]) - 1) * interval
+if backlog > allowance then
+  return {0, backlog, backlog - allowance}
+end
+backlog = backlog + interval
+redis.call('SET', KEYS[1], string.format('%d', now + backlog),
+           'PX', string.format('%d', math.ceil(backlog / 1000)))
+return {1, backlog}
+"""
+
+
+class RedisBuckets:
+    """A `bridge.policy.buckets.BucketStore` in Redis, with this instance's memory as fallback."""
+
+    __slots__ = ("_script", "fallback", "link")
+
+    def __init__(self, link: RedisLink, fallback: MemoryBuckets | None = None) -> None:
+        self.link = link
+        self.fallback = fallback if fallback is not None else MemoryBuckets()
+        self._script = link.client.register_script(_TAKE)  # EVALSHA; loads it on NOSCRIPT
+
+    async def take(self, key: str, rate: float, burst: int) -> Decision:
+        link = self.link
+        if link.usable:
+            interval = int(_US / rate) or 1
+            try:
+                answer = await self._script(keys=(PREFIX + key,), args=(interval, burst))
+            except FAILURES as exc:
+                link.failed(exc)
+            else:
+                link.succeeded()
+                backlog = int(answer[1])
+                if answer[0]:
+                    remaining = (burst * interval - backlog) // interval
+                    return True, remaining, backlog / _US, 0.0
+                return False, 0, backlog / _US, int(answer[2]) / _US
+        return self.fallback.take_now(key, rate, burst)
