@@ -5,7 +5,8 @@ direct gRPC unary calls (h2load) against REST through the bridge (wrk) at 16 con
 a small and a 16 KiB message and at 1 connection, alternated over a few rounds; server
 streaming over 1 and 100 WebSockets against the same streams made directly; and thousands of
 idle WebSockets held. The pair at 16 connections has rivals in its rounds: a second bridge
-with auth and rate limits on (their cost against the 15% budget), Envoy's gRPC-JSON
+with auth and rate limits on (their cost against the 15% budget; a third keeps its buckets in
+a redis-server the bench starts, priced against the in-memory one), Envoy's gRPC-JSON
 transcoder where Envoy is installed, a bridge whose cache answers every call (a hit's CPU
 against a backend call's) and one serving an aggregate of three calls (its CPU against three
 REST calls). Reference rows measure the same work without the bridge

@@ -25,6 +25,11 @@ RATE_LIMITS: Final = """\
 rate_limits:
   - {{match: "*", key: {key}, rate: 1000000/s, burst: 1000000}}
 """
+REDIS_RATE_LIMITS: Final = """\
+rate_limits:
+  store: {store}
+  rules: [{{match: "*", key: {key}, rate: 1000000/s, burst: 1000000}}]
+"""
 API_KEY_POLICY: Final = """\
 auth:
   api_keys: {{header: x-api-key, keys: "bench={api_key}"}}
@@ -50,15 +55,17 @@ class Policy:
     describe: str
 
 
-def api_key_policy() -> Policy:
-    """API key required on every method plus a rate limit keyed by that key."""
+def api_key_policy(store: str | None = None) -> Policy:
+    """API key required on every method plus a rate limit keyed by that key, its buckets in
+    memory or, with ``store``, in that Redis (SPEC 10: one round trip a request)."""
     key = secrets.token_hex(16)
-    return Policy(
-        "policies",
-        API_KEY_POLICY.format(api_key=key) + RATE_LIMITS.format(key="api_key"),
-        {KEY_HEADER: key},
-        "auth api_key + rate_limits key api_key",
-    )
+    auth = API_KEY_POLICY.format(api_key=key)
+    describe = "auth api_key + rate_limits key api_key"
+    if store is None:
+        return Policy("policies", auth + RATE_LIMITS.format(key="api_key"), {KEY_HEADER: key},
+                      describe)  # fmt: skip
+    limits = REDIS_RATE_LIMITS.format(store=store, key="api_key")
+    return Policy("policies_redis", auth + limits, {KEY_HEADER: key}, describe + " in Redis")
 
 
 def jwt_policy() -> Policy:

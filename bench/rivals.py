@@ -1,13 +1,13 @@
-"""The unary pair at 16 connections with its rivals: the bridge with policies, Envoy, and the
-bridges that cache and aggregate.
+"""The unary pair at 16 connections with its rivals: the bridge with policies (its buckets in
+memory, and in Redis), Envoy, and the bridges that cache and aggregate.
 
 SPEC section 9 reads the bridge against Envoy's gRPC-JSON transcoder and prices auth and rate
-limits, a cache hit and an aggregate of three calls against the plain bridge, all in the same
-rounds as the plain pair, so machine drift hits every row alike. Each rival is started here,
-checked to answer the bench call like the bridge does, warmed up, measured in the pair's
-rounds, and stopped. A rival that cannot run gets a row that says why: ``skipped`` when it is
-not there (Envoy not installed, a config key this Bridge refuses), ``error`` when it is there
-and fails.
+limits (SPEC 10's Redis store against the in-memory one, too), a cache hit and an aggregate of
+three calls against the plain bridge, all in the same rounds as the plain pair, so machine
+drift hits every row alike. Each rival is started here, checked to answer the bench call like
+the bridge does, warmed up, measured in the pair's rounds, and stopped. A rival that cannot run
+gets a row that says why: ``skipped`` when it is not there (Envoy or redis-server not
+installed, a config key this Bridge refuses), ``error`` when it is there and fails.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import contextlib
 import json
 from collections.abc import Callable, Sequence
 
-from bench import composition, envoy, load, policies
-from bench.processes import Answer, BenchError, Skipped, post
+from bench import composition, envoy, load, policies, shared_store
+from bench.processes import Answer, BenchError, Service, Skipped, post
 from bench.scenarios import SMALL, Meter, Result, Rival, Scenarios, not_measured
 
 BODY = json.dumps({"message": SMALL}).encode()
 JSON = {"content-type": "application/json"}
 ENVOY_NOTE = "Envoy {version}, --concurrency {concurrency}"
 # The rivals' rows, in order: rest_unary_<tag>_c<N>.
-TAGS = ("policies", "jwt", "envoy", "cached", "aggregate3")
+TAGS = ("policies", "jwt", "policies_redis", "envoy", "cached", "aggregate3")
 
 
 def names(connections: int) -> list[str]:
@@ -38,9 +38,11 @@ def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
     plain = post(s.bridge_url + load.REST_ECHO_PATH, BODY, JSON)
     if plain.status != 200:
         raise BenchError(f"the bridge answered the bench call {plain.status}: {plain.body[:200]!r}")
+    redis: list[tuple[Service, str]] = []  # the redis-server of the Redis store's row
     slots: list[Callable[[contextlib.ExitStack], Rival]] = [
         lambda stack: _policy_rival(s, stack, policies.api_key_policy(), plain),
         lambda stack: _policy_rival(s, stack, policies.jwt_policy(), plain),
+        lambda stack: _redis_rival(s, stack, plain, redis),
         lambda stack: _envoy_rival(s, stack, plain),
         lambda stack: _composition_rival(s, stack, composition.cached(SMALL), plain),
         lambda stack: _composition_rival(s, stack, composition.aggregate(SMALL), plain),
@@ -60,8 +62,11 @@ def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
                 unmeasured[tag] = not_measured(name, error=str(exc))
         _warm(s, rivals, connections)
         rows = s.unary_pair("small", connections, rivals)
-    measured = iter(rows[2:])  # in TAGS order, without the unmeasured ones
-    return rows[:2] + [unmeasured.get(t) or next(measured) for t in TAGS]
+        measured = iter(rows[2:])  # in TAGS order, without the unmeasured ones
+        by_tag = {t: unmeasured.get(t) or next(measured) for t in TAGS}
+        if redis:  # priced while its redis-server still runs
+            shared_store.price(by_tag["policies_redis"], by_tag["policies"], *redis[0])
+    return rows[:2] + list(by_tag.values())
 
 
 def _policy_rival(
@@ -75,6 +80,18 @@ def _policy_rival(
     return Rival(policy.name, url, script, Meter(bridge, s.backend),
                  measured=f"bridge with {policy.describe}", note=policy.describe,
                  against_plain=True, facts={"policy": policy.describe})  # fmt: skip
+
+
+def _redis_rival(
+    s: Scenarios, stack: contextlib.ExitStack, plain: Answer, redis: list[tuple[Service, str]]
+) -> Rival:
+    """The API-key policy with its buckets in a redis-server started here (SPEC 10)."""
+    server, url = shared_store.start_redis(s.workdir)
+    stack.callback(server.stop)
+    rival = _policy_rival(s, stack, policies.api_key_policy(url), plain)
+    shared_store.check(url)
+    redis.append((server, url))
+    return rival
 
 
 def _composition_rival(

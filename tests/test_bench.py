@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import composition, envoy, processes, report
+from bench import composition, envoy, processes, report, shared_store
 from bench.load import parse_h2load, parse_wrk, percentile, wrk_script
 from bench.processes import BenchError
 from bench.scenarios import not_measured
@@ -22,7 +22,9 @@ from bench.scenarios import not_measured
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_KEYS = {"scenario", "rps", "p50_ms", "p99_ms", "cpu_us_per_req", "ratio_to_direct"}
 COMPOSED = ["rest_unary_cached_c16", "rest_unary_aggregate3_c16"]
-RIVALS = ["rest_unary_policies_c16", "rest_unary_jwt_c16", "rest_unary_envoy_c16", *COMPOSED]
+REDIS_STORE = "rest_unary_policies_redis_c16"  # the API-key policy, its buckets in Redis
+RIVALS = ["rest_unary_policies_c16", "rest_unary_jwt_c16", REDIS_STORE, "rest_unary_envoy_c16",
+          *COMPOSED]  # fmt: skip
 SCENARIOS = [
     "direct_grpc_unary_c16", "rest_unary_c16", *RIVALS, "reference_naive_hop_c16",
     "reference_grpc_aio_client_c16", "direct_grpc_unary_c1", "rest_unary_c1",
@@ -43,7 +45,7 @@ def _number(value: object) -> bool:
 
 @pytest.mark.timeout(120)
 def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
-    """About 60 s on the 2-CPU CI machine: 1-second load runs, two rounds per unary pair."""
+    """About 75 s on the 2-CPU CI machine: 1-second load runs, two rounds per unary pair."""
     out = tmp_path / "results.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--rounds", "2", "--duration", "1",
@@ -112,11 +114,33 @@ def _check_rivals(by_name: dict[str, dict], stdout: str) -> None:
         assert _number(r["ratio_to_plain"]) and len(r["plain_round_ratios"]) == 2, r
         assert _number(r["cost_pct"]) and _number(r["cpu_cost_pct"]), r
         assert any(f"{v}  {name}: " in stdout for v in ("PASS", "FAIL")), stdout
+    _check_redis_store(by_name[REDIS_STORE], by_name["rest_unary_policies_c16"])
     proxy = by_name["rest_unary_envoy_c16"]
     if "skipped" not in proxy:
         assert proxy["envoy_concurrency"] == 1 and "--concurrency 1" in proxy["notes"][0], proxy
         assert proxy["notes"][0] == f"Envoy {proxy['envoy_version']}, --concurrency 1", proxy
         assert _number(by_name["rest_unary_c16"]["ratio_to_envoy"])
+
+
+def _check_redis_store(row: dict, memory: dict) -> None:
+    """The Redis rate-limit store's row: priced against the in-memory store's, or skipped
+    because there is no redis-server."""
+    if "skipped" in row:
+        assert row["skipped"] == shared_store.MISSING, row
+        return
+    assert row["policy"].endswith(" in Redis") and row["plain"] == "rest_unary_c16", row
+    assert row["memory_store"] == memory["scenario"] and row["redis_calls"] > 0, row
+    assert row["redis_added_cpu_us_per_req"] == pytest.approx(
+        row["cpu_us_per_req"] - memory["cpu_us_per_req"], abs=0.2)  # fmt: skip
+    assert row["ratio_to_memory_store"] == pytest.approx(row["rps"] / memory["rps"], abs=2e-3)
+    assert _number(row["redis_added_p50_ms"]) and _number(row["redis_cpu_us_per_req"]), row
+    assert any(n.startswith("Redis round trip vs rest_unary_policies_c16: ") for n in row["notes"])
+
+
+def test_without_redis_server_the_row_says_why(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on it
+    with pytest.raises(processes.Skipped, match="redis-server is not installed"):
+        shared_store.start_redis(tmp_path)
 
 
 def _check_composed(by_name: dict[str, dict], stdout: str) -> None:
