@@ -101,6 +101,50 @@ async def test_instances_share_one_bucket(redis_server: RedisServer) -> None:
             await link.close()
 
 
+async def test_takes_made_at_once_go_out_together_and_count_exactly(
+    link: RedisLink, redis_server: RedisServer
+) -> None:
+    """Takes that arrive while one is out are sent as one pipeline: still exactly burst."""
+    store = RedisBuckets(link)
+    client = redis_server.client()
+    try:
+        await store.take("other", SLOW, 1)  # the script loaded (the first EVALSHA is refused)
+        await client.config_resetstat()
+        decisions = await asyncio.gather(*(store.take("k", SLOW, 10) for _ in range(40)))
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    assert sum(d[0] for d in decisions) == 10
+    assert sorted(d[1] for d in decisions if d[0]) == list(range(10))
+    assert stats["cmdstat_evalsha"]["calls"] == 40  # one script run a take, in few round trips
+
+
+async def test_a_batch_after_redis_forgot_the_script(
+    link: RedisLink, redis_server: RedisServer
+) -> None:
+    store = RedisBuckets(link)
+    await store.take("k", SLOW, 30)
+    client = redis_server.client()
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    decisions = await asyncio.gather(*(store.take("k", SLOW, 30) for _ in range(20)))
+    assert all(d[0] for d in decisions) and link.up
+    assert sorted(d[1] for d in decisions) == list(range(9, 29))
+
+
+async def test_a_batch_when_redis_dies_answers_from_memory(
+    link: RedisLink, redis_server: RedisServer
+) -> None:
+    store = RedisBuckets(link)
+    await store.take("warm", SLOW, 3)  # a connection in the pool, to a server about to die
+    await redis_server.kill()
+    decisions = await asyncio.gather(*(store.take("k", SLOW, 5) for _ in range(20)))
+    assert sum(d[0] for d in decisions) == 5  # this instance's own bucket
+    assert not link.up
+
+
 async def test_a_reloaded_script_still_runs(link: RedisLink, redis_server: RedisServer) -> None:
     """EVALSHA after Redis forgot its scripts (SCRIPT FLUSH, a restart): loaded again."""
     store = RedisBuckets(link)

@@ -15,7 +15,10 @@ logged once by the link, never per request.
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+from typing import Any, Final
+
+from redis.exceptions import NoScriptError
 
 from bridge.policy.buckets import Decision, MemoryBuckets
 from bridge.shared.link import FAILURES, RedisLink
@@ -47,21 +50,30 @@ return {1, backlog}
 
 
 class RedisBuckets:
-    """A `bridge.policy.buckets.BucketStore` in Redis, with this instance's memory as fallback."""
+    """A `bridge.policy.buckets.BucketStore` in Redis, with this instance's memory as fallback.
 
-    __slots__ = ("_script", "fallback", "link")
+    A take is one EVALSHA. While one is out, the takes that arrive wait in a queue and then go
+    out together, as one pipeline (one round trip, each script still atomic), so a busy
+    instance pays redis-py's per-round-trip cost once per batch instead of once per request,
+    and an idle one pays no queueing at all.
+    """
+
+    __slots__ = ("_draining", "_queue", "_script", "_sending", "fallback", "link")
 
     def __init__(self, link: RedisLink, fallback: MemoryBuckets | None = None) -> None:
         self.link = link
         self.fallback = fallback if fallback is not None else MemoryBuckets()
         self._script = link.client.register_script(_TAKE)  # EVALSHA; loads it on NOSCRIPT
+        self._sending = False  # a take's round trip, or a batch's, is out
+        self._queue: list[_Waiting] = []
+        self._draining: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
 
     async def take(self, key: str, rate: float, burst: int) -> Decision:
         link = self.link
         if link.usable:
             interval = int(_US / rate) or 1
             try:
-                answer = await self._script(keys=(PREFIX + key,), args=(interval, burst))
+                answer = await self._ask(PREFIX + key, interval, burst)
             except FAILURES as exc:
                 link.failed(exc)
             else:
@@ -72,3 +84,61 @@ class RedisBuckets:
                     return True, remaining, backlog / _US, 0.0
                 return False, 0, backlog / _US, int(answer[2]) / _US
         return self.fallback.take_now(key, rate, burst)
+
+    async def _ask(self, key: str, interval: int, burst: int) -> list[int]:
+        """The script's answer: at once when nothing is out, else with the next batch."""
+        if self._sending:
+            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            self._queue.append((key, interval, burst, future))
+            return await future
+        self._sending = True
+        try:
+            answer: list[int] = await self._script(keys=(key,), args=(interval, burst))
+        finally:
+            self._sending = False
+            if self._queue:
+                self._sending = True
+                self._draining = asyncio.get_running_loop().create_task(self._drain())
+        return answer
+
+    async def _drain(self) -> None:
+        """Send the queued takes as pipelines until none are left."""
+        batch: list[_Waiting] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    answers = await self._pipeline(batch)
+                except Exception as exc:  # each waiting take fails as a call of its own would
+                    answers = [exc] * len(batch)
+                for (_, _, _, future), answer in zip(batch, answers, strict=True):
+                    if future.done():  # its caller went away
+                        continue
+                    if isinstance(answer, BaseException):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:  # cancelled (the app stops): no take is left waiting
+            for _, _, _, future in batch + self._queue:
+                future.cancel()
+            self._queue = []
+            self._sending = False
+            self._draining = None
+
+    async def _pipeline(self, batch: list[_Waiting]) -> list[Any]:
+        """One round trip for the batch; again, once, if Redis had forgotten the script."""
+        answers = await self._send(batch)
+        if any(isinstance(answer, NoScriptError) for answer in answers):
+            await self.link.client.script_load(_TAKE)
+            answers = await self._send(batch)
+        return answers
+
+    async def _send(self, batch: list[_Waiting]) -> list[Any]:
+        pipe = self.link.client.pipeline(transaction=False)
+        for key, interval, burst, _ in batch:
+            pipe.evalsha(self._script.sha, 1, key, interval, burst)
+        return await pipe.execute(raise_on_error=False)  # a failed take is its exception
+
+
+# A take waiting for the next batch: key, interval, burst, and where its answer goes.
+_Waiting = tuple[str, int, int, "asyncio.Future[list[int]]"]
