@@ -119,21 +119,6 @@ async def test_takes_made_at_once_go_out_together_and_count_exactly(
     assert stats["cmdstat_evalsha"]["calls"] == 40  # one script run a take, in few round trips
 
 
-async def test_a_batch_after_redis_forgot_the_script(
-    link: RedisLink, redis_server: RedisServer
-) -> None:
-    store = RedisBuckets(link)
-    await store.take("k", SLOW, 30)
-    client = redis_server.client()
-    try:
-        await client.script_flush()
-    finally:
-        await client.aclose()
-    decisions = await asyncio.gather(*(store.take("k", SLOW, 30) for _ in range(20)))
-    assert all(d[0] for d in decisions) and link.up
-    assert sorted(d[1] for d in decisions) == list(range(9, 29))
-
-
 async def test_a_batch_when_redis_dies_answers_from_memory(
     link: RedisLink, redis_server: RedisServer
 ) -> None:
@@ -145,16 +130,21 @@ async def test_a_batch_when_redis_dies_answers_from_memory(
     assert not link.up
 
 
-async def test_a_reloaded_script_still_runs(link: RedisLink, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("at_once", [1, 20], ids=["alone", "batch"])
+async def test_takes_after_redis_forgot_the_script(
+    link: RedisLink, redis_server: RedisServer, at_once: int
+) -> None:
     """EVALSHA after Redis forgot its scripts (SCRIPT FLUSH, a restart): loaded again."""
     store = RedisBuckets(link)
-    await store.take("k", SLOW, 3)
+    await store.take("k", SLOW, 30)
     client = redis_server.client()
     try:
         await client.script_flush()
     finally:
         await client.aclose()
-    assert (await store.take("k", SLOW, 3))[:2] == (True, 1)
+    decisions = await asyncio.gather(*(store.take("k", SLOW, 30) for _ in range(at_once)))
+    assert all(d[0] for d in decisions) and link.up
+    assert sorted(d[1] for d in decisions) == list(range(29 - at_once, 29))
 
 
 async def test_redis_killed_falls_back_to_memory_and_logs_once(
