@@ -77,6 +77,8 @@ class RedisBuckets:
             except FAILURES as exc:
                 link.failed(exc)
             else:
+                if answer is None:  # queued behind a take that failed
+                    return self.fallback.take_now(key, rate, burst)
                 link.succeeded()
                 backlog = int(answer[1])
                 if answer[0]:
@@ -85,10 +87,12 @@ class RedisBuckets:
                 return False, 0, backlog / _US, int(answer[2]) / _US
         return self.fallback.take_now(key, rate, burst)
 
-    async def _ask(self, key: str, interval: int, burst: int) -> list[int]:
-        """The script's answer: at once when nothing is out, else with the next batch."""
+    async def _ask(self, key: str, interval: int, burst: int) -> list[int] | None:
+        """The script's answer: at once when nothing is out, else with the next batch (None
+        when the round trip before it failed: a hung Redis costs the queue one timeout, not
+        two)."""
         if self._sending:
-            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[list[int] | None] = asyncio.get_running_loop().create_future()
             self._queue.append((key, interval, burst, future))
             return await future
         self._sending = True
@@ -107,10 +111,12 @@ class RedisBuckets:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                try:
-                    answers = await self._pipeline(batch)
-                except Exception as exc:  # each waiting take fails as a call of its own would
-                    answers = [exc] * len(batch)
+                answers: list[Any] = [None] * len(batch)  # the take before them failed
+                if self.link.up:
+                    try:
+                        answers = await self._pipeline(batch)
+                    except Exception as exc:  # each waiting take fails as its own call would
+                        answers = [exc] * len(batch)
                 for (_, _, _, future), answer in zip(batch, answers, strict=True):
                     if future.done():  # its caller went away
                         continue
@@ -141,4 +147,4 @@ class RedisBuckets:
 
 
 # A take waiting for the next batch: key, interval, burst, and where its answer goes.
-_Waiting = tuple[str, int, int, "asyncio.Future[list[int]]"]
+_Waiting = tuple[str, int, int, "asyncio.Future[list[int] | None]"]
