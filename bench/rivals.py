@@ -13,11 +13,12 @@ installed, a config key this Bridge refuses), ``error`` when it is there and fai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
 from bench import composition, envoy, load, policies, shared_store
-from bench.processes import Answer, BenchError, Service, Skipped, post
+from bench.processes import Answer, BenchError, Skipped, post
 from bench.scenarios import SMALL, Meter, Result, Rival, Scenarios, not_measured
 
 BODY = json.dumps({"message": SMALL}).encode()
@@ -38,7 +39,7 @@ def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
     plain = post(s.bridge_url + load.REST_ECHO_PATH, BODY, JSON)
     if plain.status != 200:
         raise BenchError(f"the bridge answered the bench call {plain.status}: {plain.body[:200]!r}")
-    redis: list[tuple[Service, str]] = []  # the redis-server of the Redis store's row
+    redis: list[shared_store.RedisMeter] = []  # the Redis store's row's, with redis-server's CPU
     slots: list[Callable[[contextlib.ExitStack], Rival]] = [
         lambda stack: _policy_rival(s, stack, policies.api_key_policy(), plain),
         lambda stack: _policy_rival(s, stack, policies.jwt_policy(), plain),
@@ -65,7 +66,7 @@ def unary_with_rivals(s: Scenarios, connections: int) -> list[Result]:
         measured = iter(rows[2:])  # in TAGS order, without the unmeasured ones
         by_tag = {t: unmeasured.get(t) or next(measured) for t in TAGS}
         if redis:  # priced while its redis-server still runs
-            shared_store.price(by_tag["policies_redis"], by_tag["policies"], *redis[0])
+            shared_store.price(by_tag["policies_redis"], by_tag["policies"], redis[0])
     return rows[:2] + list(by_tag.values())
 
 
@@ -83,15 +84,16 @@ def _policy_rival(
 
 
 def _redis_rival(
-    s: Scenarios, stack: contextlib.ExitStack, plain: Answer, redis: list[tuple[Service, str]]
+    s: Scenarios, stack: contextlib.ExitStack, plain: Answer, meters: list[shared_store.RedisMeter]
 ) -> Rival:
     """The API-key policy with its buckets in a redis-server started here (SPEC 10)."""
     server, url = shared_store.start_redis(s.workdir)
     stack.callback(server.stop)
     rival = _policy_rival(s, stack, policies.api_key_policy(url), plain)
     shared_store.check(url)
-    redis.append((server, url))
-    return rival
+    meter = shared_store.RedisMeter(rival.meter, server)
+    meters.append(meter)
+    return dataclasses.replace(rival, meter=meter)
 
 
 def _composition_rival(

@@ -5,9 +5,9 @@ redis-server the bench starts on a free port (nothing written to disk), so each 
 one EVALSHA round trip to the bucket check. Its row, ``rest_unary_policies_redis_c16``, is
 measured in the same rounds as ``rest_unary_policies_c16``, the same policy with the buckets
 in memory, and `price` adds what the round trip costs a request against that row: bridge CPU,
-p50 latency and the rate ratio. The CPU column is the bridge's alone; redis-server's own is
-reported apart (``redis_cpu_us_per_req``, over every take it answered, warm-up included).
-Without redis-server the row is skipped, saying why.
+p50 latency and the rate ratio. The CPU column is the bridge's alone; redis-server's own over
+the same measured runs is reported apart (``redis_cpu_us_per_req``, `RedisMeter`). Without
+redis-server the row is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Final
 import redis
 
 from bench.processes import BenchError, Service, Skipped, cpu_seconds, free_port, spawn, wait_until
+from bench.scenarios import Meter, Usage
 
-MEMORY_TAG: Final = "policies"  # the same policy with the buckets in memory
 MISSING: Final = "redis-server is not installed (make redis installs Debian's package)"
 
 
@@ -58,21 +58,38 @@ def check(url: str) -> None:
                          "limits' store is not used")  # fmt: skip
 
 
-def price(row: dict[str, Any], memory: dict[str, Any], server: Service, url: str) -> None:
+class RedisMeter(Meter):
+    """The policy bridge's `Meter`, adding up redis-server's CPU over the same runs."""
+
+    def __init__(self, meter: Meter, server: Service) -> None:
+        super().__init__(meter.bridge, meter.backend)
+        self.server = server
+        self.redis_seconds = 0.0
+        self._redis_at = 0.0
+
+    def start(self) -> None:
+        super().start()
+        self._redis_at = cpu_seconds(self.server.pid)
+
+    def stop(self) -> Usage:
+        usage = super().stop()
+        self.redis_seconds += cpu_seconds(self.server.pid) - self._redis_at
+        return usage
+
+
+def price(row: dict[str, Any], memory: dict[str, Any], meter: RedisMeter) -> None:
     """Add to the Redis row what its round trip costs a request against the memory row."""
-    calls = takes(url)
-    if calls:
-        row["redis_calls"] = calls
-        row["redis_cpu_us_per_req"] = round(cpu_seconds(server.pid) * 1e6 / calls, 1)
     if row.get("rps") is None or not memory.get("rps"):
         return
+    row["redis_cpu_us_per_req"] = round(meter.redis_seconds * 1e6 / row["requests"], 1)
     cpu = _minus(row["cpu_us_per_req"], memory["cpu_us_per_req"])
     p50 = _minus(row["p50_ms"], memory["p50_ms"], 3)
     ratio = round(row["rps"] / memory["rps"], 3)
     row.update(memory_store=memory["scenario"], redis_added_cpu_us_per_req=cpu,
                redis_added_p50_ms=p50, ratio_to_memory_store=ratio)  # fmt: skip
     row["notes"].append(f"Redis round trip vs {memory['scenario']}: {_signed(cpu, ' us CPU')}, "
-                        f"{_signed(p50, ' ms p50', 3)}, {ratio:.2f}x its rate")  # fmt: skip
+                        f"{_signed(p50, ' ms p50', 3)}, {ratio:.2f}x its rate; redis-server "
+                        f"{row['redis_cpu_us_per_req']} us a take")  # fmt: skip
 
 
 def _minus(a: float | None, b: float | None, digits: int = 1) -> float | None:
