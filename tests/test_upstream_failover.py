@@ -261,8 +261,10 @@ async def test_retries_stop_at_the_deadline(
         backend.fail["GetUser"] = 10
     started = time.monotonic()
     status, _, _ = await bridge.json("GET", "/v1/users/u1", headers={"grpc-timeout": "500m"})
-    # The first wait (200-600 ms) may fit in the 500 ms; the second (400-1200 ms) cannot.
-    assert status == 503 and received(counting, "GetUser") in (1, 2)
+    # The first wait (200-600 ms) may fit in the 500 ms; the second (400-1200 ms) cannot. The
+    # answer is the last failure (503), or a 504 when the deadline ran out during the second
+    # attempt (a loaded machine); either way no attempt starts past the deadline.
+    assert status in (503, 504) and received(counting, "GetUser") in (1, 2)
     assert time.monotonic() - started < 0.6
 
 
