@@ -11,7 +11,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -29,9 +29,10 @@ from bridge.registry.snapshot import (
     SnapshotError,
     build_snapshot,
 )
-from bridge.registry.store import FileStore, Registration, Signature
+from bridge.registry.store import FileStore, Registration, RegistrationStore, StoreUnavailable
 from bridge.registry.upload import check_registration, folder_clash, shown, write_tree
-from bridge.shared.link import RedisLinks
+from bridge.shared.link import RedisLinks, is_redis
+from bridge.shared.registrations import RedisRegistrations
 from bridge.upstream.pool import Upstreams
 
 log = logging.getLogger("bridge.registry")
@@ -61,11 +62,11 @@ class Registrar:
         self.registry = registry
         self.upstreams = upstreams
         self.include = include
-        self.store = FileStore(settings.protos_store)
+        self.store = _open_store(settings.protos_store, links)
         self.entries: dict[str, Entry] = {}
         self.reflected: dict[str, ProtoSet] = {}
         self._lock = asyncio.Lock()
-        self._seen: Signature | None = None  # the store as last applied; None: not yet
+        self._seen: Hashable | None = None  # the store's marker as last applied; None: not yet
         # The config is frozen: resolve its include roots once, not per upload.
         self._include_roots = [include_root(p) for p in settings.protos_include if p.exists()]
         self._json = JsonShape(
@@ -77,12 +78,15 @@ class Registrar:
     async def restore(self) -> None:
         """Bring back stored registrations and reflected upstreams; bad ones are logged, skipped.
 
-        A store that cannot be read at all is logged; the watcher applies it once it can.
+        A store that cannot be read at all is logged (an unreachable Redis by its link); the
+        watcher applies it once it can.
         """
         try:
             # Taken first: whatever is written while the store is read is then seen as a change.
-            seen = await asyncio.to_thread(self.store.signature)
-            stored = await asyncio.to_thread(self.store.load)
+            seen = await self.store.marker()
+            stored = list((await self.store.contents(())).registrations)
+        except StoreUnavailable:
+            pass  # its link has said so; serving the config's protos until it answers
         except OSError as exc:
             log.error("protos.store: cannot read it: %s; starting without its registrations", exc)
         else:
@@ -128,7 +132,7 @@ class Registrar:
         entries = {**self.entries, registration.name: Entry(registration, protos)}
         snapshot = await self._build(entries, self.reflected)
         if persist:  # first: a store that fails leaves everything as it was
-            await self._persist(self.store.save, registration)
+            await self._persist(self.store.put, registration)
         if registration.targets:
             self.upstreams.replace(_owned_upstream(registration, upstream))
         elif previous is not None and previous.registration.targets:
@@ -145,22 +149,31 @@ class Registrar:
         Nothing ends the watch but cancellation. When the store cannot be read or applied (out
         of file descriptors, its folder replaced), the first failure is logged, tries go on
         after pauses doubling from ``interval`` up to ``longest``, and the recovery is logged
-        and followed by a full sync, since changes may have been missed meanwhile.
+        and followed by a full sync, since changes may have been missed meanwhile. An
+        unreachable Redis is logged by its link instead, and tried every ``interval``, so that
+        the catching up starts within about that time of its return.
         """
         outage = _Outage(interval, longest)
         seen = self._seen
-        while True:
-            try:
-                current = await asyncio.to_thread(self.store.signature)
-                if current != seen:
-                    await self.sync()
-            except Exception as exc:  # one failure, whatever it is, must not end the watch
-                seen = None  # changes may have been missed: sync in full once it works
-                await asyncio.sleep(outage.failed(exc))
-                continue
-            seen = current
-            outage.ended()
-            await asyncio.sleep(interval)
+        try:
+            while True:
+                try:
+                    current = await self.store.marker()
+                    if current != seen:
+                        await self.sync()
+                except StoreUnavailable:
+                    seen = None
+                    await asyncio.sleep(interval)
+                    continue
+                except Exception as exc:  # one failure, whatever it is, must not end the watch
+                    seen = None  # changes may have been missed: sync in full once it works
+                    await asyncio.sleep(outage.failed(exc))
+                    continue
+                seen = current
+                outage.ended()
+                await self.store.pause(interval)
+        finally:
+            await self.store.close()
 
     async def sync(self) -> None:
         """Make the live registrations match the store: add, replace and drop as it says.
@@ -169,7 +182,8 @@ class Registrar:
         at the same time lands after the sync and is never overwritten by an older file.
         """
         async with self._lock:
-            listing = await asyncio.to_thread(self.store.listing)
+            serving = [entry.registration for entry in self.entries.values()]
+            listing = await self.store.contents(serving)
             stored = {r.name: r for r in listing.registrations}
             changed = [r for name, r in stored.items() if self._registration(name) != r]
             await _in_passes(changed, self._apply_stored)
@@ -205,18 +219,20 @@ class Registrar:
         entries = {k: v for k, v in self.entries.items() if k != name}
         snapshot = await self._build(entries, self.reflected)
         if persist:
-            await self._persist(self.store.delete, name)
+            await self._persist(self.store.discard, name)
         self.entries = entries
         self.registry.snapshot = snapshot
         if entry.registration.targets:
             self.upstreams.discard(entry.protos.upstream or "")
 
-    async def _persist(self, change: Callable[[Any], None], what: Any) -> None:
+    async def _persist(self, change: Callable[[Any], Awaitable[None]], what: Any) -> None:
         """Write a change to the store; a store that fails is a 503 naming it."""
         try:
-            await asyncio.to_thread(change, what)
+            await change(what)
+        except StoreUnavailable as exc:
+            raise BridgeError(errors.UNAVAILABLE, str(exc)) from None
         except OSError as exc:
-            raise _unavailable(f"protos.store {self.store.folder} cannot be written", exc) from None
+            raise _unavailable(f"protos.store {self.store.where} cannot be written", exc) from None
 
     async def refresh(self, upstream: str) -> ProtoSet:
         """Ask an upstream for its services again through server reflection."""
@@ -383,6 +399,13 @@ class _Outage:
         if self.failures:
             log.info("protos.store: following the store again after %d failed tries", self.failures)
             self.failures = 0
+
+
+def _open_store(where: str, links: RedisLinks | None) -> RegistrationStore:
+    """The folder store, or the Redis one when ``protos.store`` is a redis:// URL."""
+    if is_redis(where):
+        return RedisRegistrations((links if links is not None else RedisLinks()).get(where))
+    return FileStore(where)
 
 
 def _unavailable(what: str, exc: OSError) -> BridgeError:

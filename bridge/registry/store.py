@@ -1,16 +1,22 @@
-"""Registrations on disk: one JSON file each, written atomically, read back at start."""
+"""Where registrations persist: the folder store here, the Redis one in bridge.shared.
+
+The registrar uses either through `RegistrationStore`. The folder store (the embedded default)
+keeps one JSON file per registration, written atomically, and is followed by polling what its
+files look like; the Redis store is shared by every instance and announces its changes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 log = logging.getLogger("bridge.registry")
 
@@ -59,11 +65,67 @@ class Listing:
     unreadable: frozenset[str] = frozenset()
 
 
+class StoreUnavailable(OSError):
+    """The store cannot take or give registrations now; the message says why, for a 503."""
+
+
+class RegistrationStore(Protocol):
+    """What the registrar needs of a store: writes, the full listing, and news of changes."""
+
+    @property
+    def where(self) -> str:
+        """The store as messages name it (never with a password)."""
+
+    async def put(self, registration: Registration) -> None:
+        """Store a registration, replacing one of the same name; OSError when it cannot."""
+
+    async def discard(self, name: str) -> None: ...
+
+    async def contents(self, serving: Sequence[Registration]) -> Listing:
+        """What the store holds; ``serving`` is what this instance serves now, written back
+        by a store that lost its data."""
+
+    async def marker(self) -> Hashable:
+        """A value that changes whenever what the store holds may have changed."""
+
+    async def pause(self, interval: float) -> None:
+        """Wait before the next look at `marker`: ``interval``, or until a change is announced."""
+
+    async def close(self) -> None: ...
+
+
 class FileStore:
-    """A folder of ``<name>.json`` registrations; a write never leaves half a file."""
+    """A folder of ``<name>.json`` registrations; a write never leaves half a file.
+
+    Its `RegistrationStore` methods run the file calls in threads, and its marker is the
+    folder's `signature`, looked at every ``interval``: processes sharing the folder
+    (``--workers N``) see each other's writes within that time.
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+
+    @property
+    def where(self) -> str:
+        return str(self.folder)
+
+    async def put(self, registration: Registration) -> None:
+        await asyncio.to_thread(self.save, registration)
+
+    async def discard(self, name: str) -> None:
+        await asyncio.to_thread(self.delete, name)
+
+    async def contents(self, serving: Sequence[Registration]) -> Listing:
+        return await asyncio.to_thread(self.listing)
+
+    async def marker(self) -> Hashable:
+        return await asyncio.to_thread(self.signature)
+
+    async def pause(self, interval: float) -> None:
+        await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Nothing to close: every call opens and closes its files."""
 
     def save(self, registration: Registration) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
