@@ -18,6 +18,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 log = logging.getLogger("bridge.shared")
@@ -67,6 +70,9 @@ class RedisLink:
             socket_connect_timeout=TIMEOUT,
             timeout=TIMEOUT,  # the longest wait for a free connection of the pool
             max_connections=MAX_CONNECTIONS,
+            # A pooled connection a restarted Redis closed is reconnected once, not taken for
+            # a new outage; a timeout is not retried (a hung Redis costs one timeout).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.down_since: float | None = None  # wall-clock time the outage began, None when up
