@@ -13,10 +13,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bridge.errors import UNAVAILABLE, BridgeError
+from bridge.policy.cache import Cache
 from bridge.policy.cache_store import CacheEntry, CacheStore, MemoryStore
 from bridge.shared.cache import PREFIX, RedisCache, decode, encode
 from bridge.shared.link import RedisLink
 from tests.redis_server import RedisServer, redis_server
+from tests.test_policy_cache import Next, Rule, answer, method
 
 __all__ = ["redis_server"]  # the fixture, used by name
 
@@ -138,3 +141,26 @@ async def test_redis_down_falls_back_to_memory(
     await asyncio.sleep(0.15)
     assert await store.get(KEY) == ENTRY  # Redis answers again
     assert link.up
+
+
+async def test_the_cache_step_shares_entries_and_serves_stale_ones_from_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Two instances' cache steps on one Redis: a HIT through the other, then, past the ttl
+    with the backend failing, the stale entry (stale_if_error) from Redis."""
+    links = [RedisLink(redis_server.url) for _ in range(2)]
+    try:
+        rule = Rule(ttl=0.2, stale_if_error=30.0)
+        one, two = (Cache([rule], RedisCache(link)).step(method()) for link in links)
+        assert one is not None and two is not None
+        backend = Next()
+        assert await answer(one, backend) == ("answer 1", {"X-Cache": "MISS"})
+        assert await answer(two, backend) == ("answer 1", {"X-Cache": "HIT"})
+        await asyncio.sleep(0.25)
+        backend.fail = BridgeError(UNAVAILABLE, "down")
+        stale = {"X-Cache": "STALE", "X-Bridge-Fallback": "true"}
+        assert await answer(two, backend) == ("answer 1", stale)
+        assert backend.calls == 2
+    finally:
+        for link in links:
+            await link.close()
