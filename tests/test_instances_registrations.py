@@ -92,7 +92,7 @@ async def test_a_change_through_one_instance_is_live_on_the_others_within_a_seco
         try:
             stored = json.loads(await client.hget(REGISTRATIONS, "echo2"))
             assert stored["files"] == {"echo2/echo.proto": PROTO}
-            assert await client.get(VERSION) == b"1" and await client.exists(EPOCH)
+            assert await client.get(VERSION) == b"1" and await client.hexists(REGISTRATIONS, EPOCH)
         finally:
             await client.aclose()
         assert (await call(b.url, "DELETE", "/admin/protos/echo2"))[0] == 200
@@ -184,7 +184,8 @@ async def test_a_redis_that_comes_back_empty_is_written_back_for_every_instance(
         try:
 
             async def written_back() -> bool:
-                return sorted(await client.hkeys(REGISTRATIONS)) == [b"echo2", b"echo3"]
+                names = await client.hkeys(REGISTRATIONS)
+                return sorted(names) == [EPOCH.encode(), b"echo2", b"echo3"]
 
             await until(written_back, 10)
         finally:

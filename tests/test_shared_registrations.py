@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
+import redis.asyncio as aioredis
 
 from bridge.registry.store import Registration, StoreUnavailable
 from bridge.shared.link import RedisLink
@@ -49,6 +50,14 @@ async def links(redis_server: RedisServer) -> AsyncIterator[list[RedisLink]]:
 
 
 @pytest.fixture
+async def direct(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client, for what the test reads or changes behind the stores' backs."""
+    client = redis_server.client()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def stores(links: list[RedisLink]) -> AsyncIterator[list[RedisRegistrations]]:
     """Two instances' stores, each having read the store once (as a bridge does at start)."""
     made = [RedisRegistrations(link, poll=0.5) for link in links]
@@ -60,21 +69,17 @@ async def stores(links: list[RedisLink]) -> AsyncIterator[list[RedisRegistration
 
 
 async def test_writes_are_stored_counted_and_namespaced(
-    stores: list[RedisRegistrations], redis_server: RedisServer
+    stores: list[RedisRegistrations], direct: aioredis.Redis
 ) -> None:
     one, other = stores
     await one.put(ALPHA)
     await one.put(BETA)
     await other.discard("beta")
     assert (await other.contents(())).registrations == (ALPHA,)
-    client = redis_server.client()
-    try:
-        keys = sorted(k.encode() for k in (REGISTRATIONS, VERSION, EPOCH))
-        assert sorted(await client.keys()) == keys
-        assert await client.get(VERSION) == b"3"  # one count per write, removals included
-        assert json.loads(await client.hget(REGISTRATIONS, "alpha")) == ALPHA.to_json()
-    finally:
-        await client.aclose()
+    assert sorted(await direct.keys()) == sorted(k.encode() for k in (REGISTRATIONS, VERSION))
+    assert sorted(await direct.hkeys(REGISTRATIONS)) == [EPOCH.encode(), b"alpha"]
+    assert await direct.get(VERSION) == b"3"  # one count per write, removals included
+    assert json.loads(await direct.hget(REGISTRATIONS, "alpha")) == ALPHA.to_json()
 
 
 async def test_an_announced_change_ends_the_pause_at_once(stores: list[RedisRegistrations]) -> None:
@@ -124,17 +129,23 @@ async def test_a_removal_through_another_instance_is_not_written_back(
     assert (await one.contents((ALPHA, BETA))).registrations == (BETA,)
 
 
+async def test_registrations_evicted_without_their_version_are_a_loss_not_removals(
+    stores: list[RedisRegistrations], direct: aioredis.Redis
+) -> None:
+    one, _ = stores
+    await one.put(ALPHA)
+    await direct.delete(REGISTRATIONS)  # as an allkeys-* maxmemory policy may do
+    assert await direct.get(VERSION) == b"1"
+    assert (await one.contents((ALPHA,))).registrations == (ALPHA,)
+
+
 async def test_newer_writes_after_a_reset_win_over_what_is_written_back(
-    stores: list[RedisRegistrations], redis_server: RedisServer
+    stores: list[RedisRegistrations], direct: aioredis.Redis
 ) -> None:
     one, other = stores
     await one.put(ALPHA)
     await other.contents(())
-    client = redis_server.client()
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
+    await direct.flushdb()
     newer = Registration("alpha", {"t/a2.proto": PROTO}, targets=("127.0.0.1:2",))
     await other.contents(())  # the first to read the emptied store gives it a new epoch
     await other.put(newer)
@@ -142,15 +153,11 @@ async def test_newer_writes_after_a_reset_win_over_what_is_written_back(
 
 
 async def test_an_entry_that_cannot_be_read_is_named_not_dropped(
-    stores: list[RedisRegistrations], redis_server: RedisServer
+    stores: list[RedisRegistrations], direct: aioredis.Redis
 ) -> None:
     one, _ = stores
     await one.put(ALPHA)
-    client = redis_server.client()
-    try:
-        await client.hset(REGISTRATIONS, "broken", b'{"name": "broken", "files": {')
-    finally:
-        await client.aclose()
+    await direct.hset(REGISTRATIONS, "broken", b'{"name": "broken", "files": {')
     listing = await one.contents(())
     assert listing.registrations == (ALPHA,) and listing.unreadable == {"broken"}
 

@@ -2,10 +2,12 @@
 
 Keys, all under ``bridge:protos:`` in the URL's database:
 
-- ``registrations``, a hash: registration name -> its JSON (as a folder store's file holds it);
+- ``registrations``, a hash: registration name -> its JSON (as a folder store's file holds
+  it), and the field ``:epoch`` (never a registration's name): a random id set when an instance
+  first finds the hash without one. In the same hash, so it is lost (evicted, flushed) with
+  the registrations, never apart from them;
 - ``version``, a counter raised by every write in the same Lua script, so a change is never
   seen without its count, and two writes of one name are ordered: the last one wins;
-- ``epoch``, a random id set once, when an instance first finds the store without one;
 - the channel ``changes``, where each write publishes the new version.
 
 An instance hears the channel (a connection of its own), reads the version at least every
@@ -34,24 +36,29 @@ log = logging.getLogger("bridge.registry")
 PREFIX: Final = "bridge:protos:"
 REGISTRATIONS: Final = PREFIX + "registrations"
 VERSION: Final = PREFIX + "version"
-EPOCH: Final = PREFIX + "epoch"
+EPOCH: Final = ":epoch"  # a field of REGISTRATIONS; a registration's name starts otherwise
 CHANGES: Final = PREFIX + "changes"
-KEYS: Final = [REGISTRATIONS, VERSION, EPOCH]
+KEYS: Final = [REGISTRATIONS, VERSION]
 POLL: Final = 3.0  # seconds: the longest an instance goes without reading the version
 CALL_TIMEOUT: Final = 0.8  # seconds, one use of Redis with its retries: an admin call's bound
 RELISTEN: Final = 0.5  # seconds between tries to hear the channel again
 
-# The store as one reply: [epoch, name, json, name, json, ...]; the epoch is made if missing.
-_READ: Final = """
-redis.call('SET', KEYS[3], ARGV[1], 'NX')
-local reply = {redis.call('GET', KEYS[3])}
-for _, item in ipairs(redis.call('HGETALL', KEYS[1])) do reply[#reply + 1] = item end
-return reply
-"""
+
+def _lua(body: str) -> str:
+    """A script's text, with EPOCH defined in it."""
+    return f"local EPOCH = '{EPOCH}'\n{body}"
+
+
+# The whole hash, [name, json, ...] with the epoch among them, which is made if missing.
+_READ: Final = _lua("""
+redis.call('HSETNX', KEYS[1], EPOCH, ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+""")
+_MARKER: Final = _lua("return {redis.call('HGET', KEYS[1], EPOCH), redis.call('GET', KEYS[2])}")
 # One registration written (ARGV[3] its JSON) or removed (ARGV[3] empty), counted and
 # announced; -1 without a change when the store's epoch is not the one the writer read.
-_WRITE: Final = """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
+_WRITE: Final = _lua("""
+if redis.call('HGET', KEYS[1], EPOCH) ~= ARGV[1] then return -1 end
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], ARGV[2])
 else
@@ -60,16 +67,16 @@ end
 local version = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[4], version)
 return version
-"""
+""")
 # Registrations written back (ARGV[3..] as name, json pairs) unless the store holds the name;
 # the number written, or -1 when the epoch moved again since it was read.
-_WRITE_BACK: Final = """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
+_WRITE_BACK: Final = _lua("""
+if redis.call('HGET', KEYS[1], EPOCH) ~= ARGV[1] then return -1 end
 local written = 0
 for i = 3, #ARGV, 2 do written = written + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if written > 0 then redis.call('PUBLISH', ARGV[2], redis.call('INCR', KEYS[2])) end
 return written
-"""
+""")
 
 T = TypeVar("T")
 
@@ -85,6 +92,7 @@ class RedisRegistrations:
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._read = link.client.register_script(_READ)
+        self._marker = link.client.register_script(_MARKER)
         self._write = link.client.register_script(_WRITE)
         self._write_back = link.client.register_script(_WRITE_BACK)
         link.on_recovery.append(self._recovered)
@@ -121,9 +129,9 @@ class RedisRegistrations:
         return _listing(stored)
 
     async def _contents(self) -> tuple[bytes, dict[bytes, bytes]]:
-        reply = await self._call(lambda: self._read(keys=KEYS, args=[secrets.token_hex(8)]))
-        epoch, *items = reply
-        return epoch, dict(zip(items[::2], items[1::2], strict=True))
+        items = await self._call(lambda: self._read(keys=KEYS, args=[secrets.token_hex(8)]))
+        stored = dict(zip(items[::2], items[1::2], strict=True))
+        return stored.pop(EPOCH.encode()), stored
 
     async def _restore(self, epoch: bytes, missing: Sequence[Registration]) -> None:
         pairs = [v for r in missing for v in (r.name, json.dumps(r.to_json()))]
@@ -140,7 +148,7 @@ class RedisRegistrations:
 
     async def marker(self) -> Hashable:
         """The epoch and version, and how many times Redis came back (each forces a read)."""
-        epoch, version = await self._call(lambda: self.link.client.mget(EPOCH, VERSION))
+        epoch, version = await self._call(lambda: self._marker(keys=KEYS))
         return epoch, version, self._reconnects
 
     async def pause(self, interval: float) -> None:
