@@ -112,7 +112,7 @@ async def test_a_store_that_lost_its_data_gets_back_what_an_instance_serves(
     with caplog.at_level(logging.WARNING, logger="bridge.registry"):
         listing = await one.contents((ALPHA, BETA))
     assert listing.registrations == (ALPHA, BETA)
-    [said] = [r.getMessage() for r in caplog.records if "lost its registrations" in r.getMessage()]
+    [said] = [r.getMessage() for r in caplog.records if "lost registrations" in r.getMessage()]
     assert "wrote back 2" in said and "alpha, beta" in said
     # The other instance finds the new epoch, and nothing more to write back.
     assert (await answered(lambda: other.contents((ALPHA, BETA)))).registrations == (ALPHA, BETA)

@@ -142,8 +142,8 @@ class RedisRegistrations:
             raise StoreUnavailable(f"protos.store {self.where} was reset again while caught up")
         names = ", ".join(sorted(r.name for r in missing))
         log.warning(
-            "protos.store %s lost its registrations (reset or restarted empty): wrote back "
-            "%d this instance serves: %s", self.where, written, names,
+            "protos.store %s lost registrations (reset or restarted empty): wrote back %d of "
+            "those this instance serves (%s)", self.where, written, names,
         )  # fmt: skip
 
     async def marker(self) -> Hashable:
