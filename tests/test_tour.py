@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bridge.config.load import parse_yaml
 from services.credentials import dev_credentials
 from tests.conftest import PROTOS, ROOT, StartBridge
+from tests.redis_server import free_port
 
 
 def tour_script(heading: str) -> str:
@@ -57,13 +59,13 @@ def use_dev_credentials(monkeypatch) -> dict[str, str]:
     return credentials
 
 
-async def bash(script: str) -> str:
+async def bash(script: str, timeout: float = 60) -> str:
     """Run script with bash in the repository root; its output, once it exited with 0."""
     proc = await asyncio.create_subprocess_exec(
         "bash", "-c", script, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode == 0, f"{script}\n---\n{out.decode()}\n{err.decode()}"
     return out.decode()
 
@@ -156,3 +158,39 @@ async def openapi(bridge) -> dict:
 
 async def paths(bridge) -> set[str]:
     return set((await openapi(bridge))["paths"])
+
+
+async def test_two_instances_on_one_redis_work_word_for_word(
+    users_server: int, echo_server: int, shop_server: int, monkeypatch, tmp_path: Path
+):
+    """The README's "Several instances" block: its own redis-server, two `bridge serve`."""
+    use_dev_credentials(monkeypatch)
+    redis_port, first, second = free_port(), free_port(), free_port()
+    store = f"redis://127.0.0.1:{redis_port}/0"
+    config = parse_yaml("two-instances.yaml", (ROOT / "examples/two-instances.yaml").read_text())
+    config["protos"] = {"include": [str(PROTOS)], "store": store}
+    config["rate_limits"]["store"] = config["cache"]["store"] = store
+    config["upstreams"]["users"]["targets"] = [f"127.0.0.1:{users_server}"]
+    config["upstreams"]["echo"]["targets"] = [f"127.0.0.1:{echo_server}"]
+    path = tmp_path / "two-instances.yaml"
+    path.write_text(yaml.safe_dump(config))
+    script = tour_script("### Try it: two instances on one machine")
+    for old, new in [
+        ("examples/two-instances.yaml", str(path)), ("6379", str(redis_port)),
+        ("8081", str(first)), ("8082", str(second)), ("50053", str(shop_server)),
+    ]:  # fmt: skip
+        assert old in script, old
+        script = script.replace(old, new)
+    try:
+        text = await bash(script, timeout=90)
+    finally:  # the block stops its own processes; a failed run must not leave Redis behind
+        await bash(f"redis-cli -p {redis_port} shutdown nosave 2>/dev/null; true")
+    assert "registered 'shop': demo.shop.v1.OrderService" in text, text
+    order = json.loads(next(line for line in text.splitlines() if '"item"' in line))
+    assert order["item"] == "teapot", text  # served by the instance it was not registered on
+    codes = re.findall(rf"^(?:{first}|{second}): (\d+)$", text, re.MULTILINE)
+    assert codes == ["200"] * 5 + ["429"], text  # one burst of 5 across both instances
+    assert re.findall(r"^x-cache: (\w+)", text, re.MULTILINE | re.IGNORECASE) == ["MISS", "HIT"]
+    ready = json.loads(next(line for line in text.splitlines() if line.startswith('{"ready"')))
+    assert ready["ready"] and ready["stores"][store]["reachable"], ready
+    assert "removed 'shop'" in text, text

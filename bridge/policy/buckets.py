@@ -1,4 +1,4 @@
-"""Token buckets behind a small store interface: in memory here, in Redis later (SPEC 10).
+"""Token buckets behind a small store interface: in memory here, in Redis in bridge.shared.
 
 A bucket holds ``burst`` tokens and gains ``rate`` tokens a second; each request takes one or is
 refused. A bucket is kept as GCRA keeps it (the generic cell rate algorithm, as redis-cell and
@@ -35,7 +35,7 @@ Decision = tuple[bool, int, float, float]
 
 
 class BucketStore(Protocol):
-    """Where buckets live: `MemoryBuckets` by default, Redis once SPEC 10 is built."""
+    """Where buckets live: `MemoryBuckets` by default, or in Redis (`bridge.shared`)."""
 
     async def take(self, key: str, rate: float, burst: int) -> Decision:
         """Take one token from ``key``'s bucket (``burst`` tokens, ``rate`` a second), or refuse.

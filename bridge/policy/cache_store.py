@@ -1,4 +1,4 @@
-"""Cached answers behind a small store interface: in memory here, in Redis later (SPEC 10).
+"""Cached answers behind a small store interface: in memory here, in Redis in bridge.shared.
 
 A store maps a key to a `CacheEntry` and forgets it ``keep`` seconds after it was put: the
 two operations are what Redis ``GET`` and ``SET key value PX keep`` answer, so a Redis store
@@ -43,7 +43,7 @@ class CacheEntry:
 
 
 class CacheStore(Protocol):
-    """Where cached answers live: `MemoryStore` by default, Redis once SPEC 10 is built."""
+    """Where cached answers live: `MemoryStore` by default, or in Redis (`bridge.shared`)."""
 
     async def get(self, key: str) -> CacheEntry | None:
         """The entry put under ``key``, or None when there is none or its time is up."""
