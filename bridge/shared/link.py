@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -39,14 +39,21 @@ def is_redis(store: str) -> bool:
 
 
 def shown(url: str) -> str:
-    """``url`` as logs and /readyz show it: the password (and a user's name) masked."""
+    """``url`` as logs and /readyz show it: the password (and a user's name) masked, and so is
+    every query argument redis-py takes for one (``?password=``, ``ssl_password=``)."""
     parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    if parts.password is not None or parts.username is not None:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"***@{host}")
+    query = "&".join(_masked(argument) for argument in parts.query.split("&"))
+    return urlunsplit(parts._replace(query=query))
+
+
+def _masked(argument: str) -> str:
+    name, equals, _ = argument.partition("=")
+    return f"{name}=***" if equals and "password" in unquote(name).lower() else argument
 
 
 class RedisLink:
