@@ -28,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge.shared.buckets import PREFIX as BUCKETS
 from bridge.shared.cache import PREFIX as CACHE
-from bridge.shared.link import shown
+from bridge.shared.link import RedisLink, shown
 from bridge.shared.registrations import REGISTRATIONS
 from tests.conftest import PROTOS, Bridge, StartBridge, demo_config
 from tests.instances import instances
@@ -259,6 +259,19 @@ async def test_tls_to_a_certificate_the_ca_did_not_sign_is_unreachable_not_a_cra
     assert "certificate" in detail["error"].lower(), detail
     assert await keys(with_tls, "*") == []
     assert logged.text.count("is unreachable") == 1, logged.text
+
+
+async def test_connections_opened_at_once_on_a_fresh_tls_link_all_connect(
+    with_tls: RedisServer,
+) -> None:
+    """One SSL context for the pool: one per connection (redis-py's own way, ~60 ms of CPU
+    each within the connect timeout) made four calls at once time out one of them."""
+    link = RedisLink(with_tls.url)
+    try:
+        await asyncio.gather(*(link.client.incr("n") for _ in range(32)))
+        assert int(await link.client.get("n")) == 32
+    finally:
+        await link.close()
 
 
 async def test_the_database_number_is_where_the_keys_go(

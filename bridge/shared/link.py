@@ -18,6 +18,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, RedisSSLContext, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -71,7 +72,7 @@ class RedisLink:
         self.shown = shown(url)
         self.retry = retry
         self._clock = clock
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = _Pool.from_url(
             url,
             socket_timeout=TIMEOUT,
             socket_connect_timeout=TIMEOUT,
@@ -147,6 +148,27 @@ class RedisLink:
 
     async def close(self) -> None:
         await self.client.aclose(close_connection_pool=True)  # a pool given is not closed else
+
+
+class _Pool(aioredis.BlockingConnectionPool):
+    """A pool whose TLS connections (``rediss://``) share one SSL context, made once.
+
+    redis-py makes one per connection, ~60 ms of CPU each (the system's CA certificates read
+    again) and inside the connect timeout, so a few connections opened at once (a burst on a
+    fresh pool, or after an outage) made one another time out: an outage that was not one.
+    A CA file changed on disk is read again when the bridge restarts.
+    """
+
+    _tls: RedisSSLContext | None = None
+
+    def make_connection(self) -> AbstractConnection:
+        connection = super().make_connection()
+        if isinstance(connection, SSLConnection):
+            if self._tls is None:
+                self._tls = connection.ssl_context
+                self._tls.get()  # made here, before any connect timeout starts
+            connection.ssl_context = self._tls
+        return connection
 
 
 def _describe(exc: BaseException) -> str:
