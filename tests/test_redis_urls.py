@@ -244,19 +244,22 @@ async def test_tls_with_the_ca_in_the_url_shares_rate_limits_and_registrations(
     assert name == with_tls.url and detail["reachable"] is True
 
 
-async def test_tls_to_a_certificate_the_ca_did_not_sign_is_unreachable_not_a_crash(
+@pytest.mark.parametrize(
+    ("ca", "error"), [("other", "certificate verify failed"), ("missing", "No such file")]
+)
+async def test_tls_with_a_ca_that_did_not_sign_or_is_missing_is_unreachable_not_a_crash(
     with_tls: RedisServer, start_bridge: StartBridge, echo_server: int, tmp_path: Path,
-    logged: pytest.LogCaptureFixture,
+    logged: pytest.LogCaptureFixture, ca: str, error: str,
 ) -> None:  # fmt: skip
-    other = certificates(tmp_path / "other")
-    url = f"rediss://127.0.0.1:{with_tls.port}/0?ssl_ca_certs={other.ca}"
+    ca_file = certificates(tmp_path / ca).ca if ca == "other" else tmp_path / "missing.pem"
+    url = f"rediss://127.0.0.1:{with_tls.port}/0?ssl_ca_certs={ca_file}"
     bridge = await start_bridge(config(url, echo_server))
     assert await echoes([bridge], BURST + 2) == BURST
     async with bridge.request("GET", "/v1/stats") as resp:
         assert resp.status == 200
     _, detail = await store_detail(bridge)
     assert detail["reachable"] is False
-    assert "certificate" in detail["error"].lower(), detail
+    assert error in detail["error"], detail
     assert await keys(with_tls, "*") == []
     assert logged.text.count("is unreachable") == 1, logged.text
 

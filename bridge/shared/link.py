@@ -156,7 +156,7 @@ class _Pool(aioredis.BlockingConnectionPool):
     redis-py makes one per connection, ~60 ms of CPU each (the system's CA certificates read
     again) and inside the connect timeout, so a few connections opened at once (a burst on a
     fresh pool, or after an outage) made one another time out: an outage that was not one.
-    A CA file changed on disk is read again when the bridge restarts.
+    A CA file changed on disk once a context is made is read again when the bridge restarts.
     """
 
     _tls: RedisSSLContext | None = None
@@ -164,9 +164,9 @@ class _Pool(aioredis.BlockingConnectionPool):
     def make_connection(self) -> AbstractConnection:
         connection = super().make_connection()
         if isinstance(connection, SSLConnection):
-            if self._tls is None:
+            if self._tls is None:  # made here, before any connect timeout starts; kept once made
+                connection.ssl_context.get()
                 self._tls = connection.ssl_context
-                self._tls.get()  # made here, before any connect timeout starts
             connection.ssl_context = self._tls
         return connection
 
