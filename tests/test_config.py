@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -361,6 +362,57 @@ def test_listen(listen: str, expected: tuple[str, int]) -> None:
     assert settings_from_dict({"listen": listen}, Path("b.yaml"), env={}).listen == expected
 
 
+# retries and fallbacks read their `on` alike: where each key's list sits in a file.
+ON_KEYS = [
+    pytest.param(lambda on: {"upstreams": {"u": {"targets": "h:1", "retries": {"on": on}}}},
+                 "upstreams.u.retries.on", id="retries"),
+    pytest.param(lambda on: {"fallbacks": [{"match": "*", "on": on, "response": {}}]},
+                 "fallbacks[0].on", id="fallbacks"),
+]  # fmt: skip
+
+
+def _codes(settings: Settings) -> tuple[str, ...]:
+    if settings.fallbacks:
+        return settings.fallbacks[0].on
+    retries = settings.upstreams["u"].retries
+    assert retries is not None
+    return retries.on
+
+
+@pytest.mark.parametrize(("place", "key"), ON_KEYS)
+def test_status_code_names_are_read_in_any_case_and_kept_as_grpc_spells_them(
+    place: Callable[[object], dict], key: str
+) -> None:
+    on = ["unavailable", " Deadline_Exceeded ", "UNAVAILABLE"]
+    assert _codes(settings_from_dict(place(on), Path("b.yaml"), env={})) == (
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+    )
+    assert _codes(settings_from_dict(place("aborted"), Path("b.yaml"), env={})) == ("ABORTED",)
+
+
+@pytest.mark.parametrize(("place", "key"), ON_KEYS)
+@pytest.mark.parametrize(
+    ("on", "problem"),
+    [
+        pytest.param(["ok"], "[0]: OK is not a failure: list the codes of failed calls, like "
+                     "UNAVAILABLE", id="ok"),
+        pytest.param([], ": required: list at least one code, like UNAVAILABLE", id="empty"),
+        pytest.param(["UNAVAILABLE", "deadline-exceeded"], "[1]: 'deadline-exceeded' is not a "
+                     "gRPC status code name (did you mean 'DEADLINE_EXCEEDED'?)", id="misspelt"),
+        pytest.param("nope", ": 'nope' is not a gRPC status code name (use one of CANCELLED, "
+                     "UNKNOWN, INVALID_ARGUMENT,", id="unknown"),
+        pytest.param([3], "[0]: expected a gRPC status code name, got 3", id="number"),
+    ],
+)  # fmt: skip
+def test_status_code_names_are_refused_alike_under_both_keys(
+    place: Callable[[object], dict], key: str, on: object, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(place(on), Path("b.yaml"), env={})
+    assert f"b.yaml: {key}{problem}" in str(info.value)
+
+
 def test_yaml_merge_keys_are_allowed(tmp_path: Path) -> None:
     text = """\
     upstreams:
@@ -431,9 +483,12 @@ ERROR_CASES = [
         id="cache-redis-store-bad-port",
     ),
     pytest.param(
-        "fallbacks:\n  - {match: '*', on: [unavailable], response: {}}\n",
+        "fallbacks:\n  - {match: '*', on: [unavailble], response: {}}\n",
         {},
-        ["fallbacks[0].on[0]: 'unavailable' is not", "did you mean 'UNAVAILABLE'?"],
+        [
+            "fallbacks[0].on[0]: 'unavailble' is not a gRPC status code name (did you mean "
+            "'UNAVAILABLE'?)"
+        ],
         id="fallback-code-name",
     ),
     pytest.param(

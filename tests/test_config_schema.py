@@ -84,10 +84,13 @@ VALID = [
                             "max_entries": 10, "max_bytes": "1MiB"}}, id="cache-mapping"),
     pytest.param({"fallbacks": [{"match": "*", "on": "UNAVAILABLE", "response": {"a": []}}]},
                  id="fallbacks"),
+    pytest.param({"upstreams": {"u": {"targets": "h:1", "retries": {"on": "unavailable"}}},
+                  "fallbacks": [{"match": "*", "on": [" Aborted", "${CODE}"], "response": {}}]},
+                 id="status-codes-any-case"),
     pytest.param({"admin": {"token": None}, "auth": None}, id="nulls"),
 ]  # fmt: skip
 ENV = {"T": "h:1", "D": "2s", "TLS": "true", "BODY": "1KiB", "CALLS": "3", "C": "false",
-       "KEYS": "k1", "RATE": "1/s"}  # fmt: skip
+       "KEYS": "k1", "RATE": "1/s", "CODE": "internal"}  # fmt: skip
 
 
 @pytest.mark.parametrize("data", VALID)
@@ -101,8 +104,13 @@ def test_what_the_loader_takes_the_schema_takes(data: dict[str, Any]) -> None:
     [
         pytest.param({"lissten": "h:1"}, id="unknown-key"),
         pytest.param({"cache": [{"match": "*"}]}, id="cache-rule-without-ttl"),
-        pytest.param({"fallbacks": [{"match": "*", "on": ["unavailable"], "response": {}}]},
-                     id="fallback-code-name"),
+        pytest.param(
+            {"fallbacks": [{"match": "*", "on": ["unavailble"], "response": {}}]},
+            id="fallback-code-name",
+        ),
+        pytest.param(
+            {"fallbacks": [{"match": "*", "on": [], "response": {}}]}, id="fallback-no-codes"
+        ),
         pytest.param(
             {"upstreams": {"u": {"targets": "h:1", "retries": {"on": ["OK"]}}}}, id="status-code"
         ),

@@ -195,7 +195,7 @@ def test_a_target_gRPC_cannot_connect_to_is_skipped_but_not_given_up() -> None:
     [
         ({"retries": {"attempts": 0}}, "must be more than zero"),
         ({"retries": {"on": ["NOPE"]}}, "is not a gRPC status code"),
-        ({"retries": {"on": ["OK"]}}, "is not a gRPC status code"),
+        ({"retries": {"on": ["OK"]}}, "OK is not a failure"),
         ({"retries": {"backoff": "0s"}}, "must be more than zero"),
         ({"retries": {"tries": 3}}, "unknown key"),
         ({"circuit_breaker": {"failures": -1}}, "must be more than zero"),

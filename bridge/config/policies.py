@@ -32,6 +32,7 @@ from bridge.config.values import (
     Problem,
     Section,
     Size,
+    StatusCodes,
     Text,
     describe,
     header_name,
@@ -43,7 +44,6 @@ from bridge.config.values import (
     unique,
     written,
 )
-from bridge.errors import CODE_BY_NAME
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Require = Literal["none", "api_key", "jwt", "any"]
@@ -388,7 +388,6 @@ Networks = Annotated[
 
 VARY_SUBJECT: Final = "subject"
 VARY_HEADER: Final = "header:"
-_CODE_NAMES: Final = sorted(name for name in CODE_BY_NAME if name != "OK")
 
 
 def _vary(value: Any) -> str:
@@ -447,39 +446,15 @@ class CacheSettings(Section):
     used go. An answer larger than this is not kept."""
 
 
-def _code_name(value: Any) -> str:
-    name = text(value, "a gRPC status code name")
-    if name in _CODE_NAMES:
-        return name
-    if name == "OK":
-        raise Problem("OK is not a failure: list the codes a fallback answers instead of")
-    close = [c for c in _CODE_NAMES if c == name.upper().replace("-", "_")]
-    hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(_CODE_NAMES)}"
-    raise Problem(f"{name!r} is not a gRPC status code name ({hint})")
-
-
-def _code_names(value: Any) -> tuple[str, ...]:
-    names = unique(listed(_code_name, "gRPC status code names"))(value)
-    if not names:
-        raise Problem("required: list at least one code, like UNAVAILABLE")
-    return names
-
-
 class FallbackRule(Section):
     """The answer given instead of a failure, for the methods matching a glob."""
 
     match: MethodGlob
     """A method glob (fnmatch). Streaming methods get no fallback: a glob passes over them, a
     rule naming one exactly is an error."""
-    on: Annotated[
-        tuple[str, ...], BeforeValidator(_code_names),
-        WithJsonSchema({"anyOf": [
-            {"type": "string", "enum": _CODE_NAMES},
-            {"type": "array", "items": {"type": "string", "enum": _CODE_NAMES}},
-        ]}),
-    ]  # fmt: skip
-    """The gRPC status codes (names, like UNAVAILABLE) that are answered with `response`;
-    other failures reach the client."""
+    on: StatusCodes
+    """The gRPC status codes (names in any case, like UNAVAILABLE; not OK) that are answered
+    with `response`; other failures reach the client."""
     response: dict[str, Any]
     """The response message as JSON, as the method's REST route would answer it; checked
     against each matching method's response type at start."""

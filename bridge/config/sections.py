@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import grpc
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
 
 from bridge.config.values import (
@@ -22,19 +21,17 @@ from bridge.config.values import (
     Problem,
     Section,
     Size,
+    StatusCodes,
     host_port,
     kind,
     listed,
     redis_url,
     text,
-    unique,
     written,
 )
 
 DEFAULT_TIMEOUT: Final[float] = 30.0
 DEFAULT_STORE: Final[str] = ".bridge/registry"  # relative to the config file's folder
-# The codes a failed call can end with (OK is no failure), as the config writes them.
-STATUS_CODES: Final = tuple(c.name for c in grpc.StatusCode if c != grpc.StatusCode.OK)
 
 
 def resolved(path: Path, info: ValidationInfo) -> Path:
@@ -87,13 +84,6 @@ def _target(value: Any) -> str:
     return target
 
 
-def _status_code(value: Any) -> str:
-    code = text(value, "a gRPC status code").upper()
-    if code not in STATUS_CODES:
-        raise Problem(f"{value!r} is not a gRPC status code (one of {', '.join(STATUS_CODES)})")
-    return code
-
-
 def _targets(value: Any) -> tuple[str, ...]:
     targets = listed(_target, "host:port")(value)
     if not targets:
@@ -114,11 +104,6 @@ FilePath = Annotated[
     WithJsonSchema({"type": "string"}),
 ]
 Targets = Annotated[tuple[str, ...], BeforeValidator(_targets), WithJsonSchema(STRINGS)]
-StatusCodes = Annotated[
-    tuple[str, ...],
-    BeforeValidator(unique(listed(_status_code, "gRPC status codes"))),
-    WithJsonSchema({"type": "array", "items": {"enum": list(STATUS_CODES)}}),
-]
 
 
 class AdminSection(Section):
@@ -151,7 +136,8 @@ class RetrySettings(Section):
     attempts: Count = 3
     """Tries in all, the first included."""
     on: StatusCodes = ("UNAVAILABLE",)
-    """The status codes that make a safe call try again."""
+    """The gRPC status codes (names in any case, like UNAVAILABLE; not OK) that make a safe
+    call try again."""
     backoff: PositiveDuration = written("50ms")
     """Wait before the first retry, doubled for each further one, each jittered by +-50%."""
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Final, TypeVar
 from urllib.parse import urlsplit
 
+import grpc
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
 from pydantic_core import CoreSchema
@@ -24,6 +25,8 @@ N = TypeVar("N", int, float)
 
 NOT_SUPPORTED: Final[str] = "not supported by this version of Bridge"
 REDIS_SCHEMES: Final = ("redis://", "rediss://")
+# The codes a failed call can end with, in code order: what retries and fallbacks act on.
+STATUS_CODES: Final = tuple(c.name for c in grpc.StatusCode if c != grpc.StatusCode.OK)
 
 _DURATION_HINT: Final = "is not a duration (use 250ms, 5s, 2m)"
 _DURATION: Final = re.compile(r"(?:(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s|m|h))+")
@@ -242,6 +245,34 @@ def header_name(value: Any) -> str:
     return name.lower()
 
 
+def _status_code(value: Any) -> str:
+    """A gRPC status code name in any case (``unavailable``), kept as gRPC spells it.
+
+    OK is refused: neither a retry nor a fallback acts on a success.
+    """
+    name = text(value, "a gRPC status code name")
+    code = name.upper()
+    if code in STATUS_CODES:
+        return code
+    if code == "OK":
+        raise Problem("OK is not a failure: list the codes of failed calls, like UNAVAILABLE")
+    close = difflib.get_close_matches(code, STATUS_CODES, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(STATUS_CODES)}"
+    raise Problem(f"{name!r} is not a gRPC status code name ({hint})")
+
+
+def _status_codes(value: Any) -> tuple[str, ...]:
+    codes = unique(listed(_status_code, "gRPC status code names"))(value)
+    if not codes:
+        raise Problem("required: list at least one code, like UNAVAILABLE")
+    return codes
+
+
+def _any_case(word: str) -> str:
+    """A JSON Schema pattern of `word` in any case (ECMA-262 patterns have no ``(?i)``)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
 def written(default: Any, **field: Any) -> Any:
     """A field's default as the file would write it (``"4MiB"``, ``{}``), validated like a
     value read from the file: parsed, its paths resolved against the file's folder, and shown
@@ -293,6 +324,18 @@ HeaderNames = Annotated[
     BeforeValidator(unique(listed(header_name, "header names"))),
     WithJsonSchema(STRINGS),
 ]
+
+_STATUS_CODE: Final = or_env({"anyOf": [
+    {"enum": list(STATUS_CODES)},  # what an editor completes
+    {"type": "string", "pattern": rf"^\s*({'|'.join(map(_any_case, STATUS_CODES))})\s*$"},
+]})  # fmt: skip
+StatusCodes = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_status_codes),
+    WithJsonSchema({"anyOf": [
+        *_STATUS_CODE["anyOf"], {"type": "array", "items": _STATUS_CODE, "minItems": 1}
+    ]}),
+]  # fmt: skip
 
 
 class Section(BaseModel):
