@@ -220,3 +220,6 @@ class Limits(Section):
     body_timeout: PositiveDuration = written("60s")
     """The whole request body must arrive within this, from when the handler starts reading
     it: a total, not a gap between reads, so a byte-a-second trickle cannot hold a handler."""
+    send_timeout: PositiveDuration = written("60s")
+    """A client that takes none of the output waiting for it (a REST stream, WebSocket frames,
+    any answer) for this long is disconnected, and its calls are cancelled."""

@@ -6,6 +6,8 @@ REST, the admin API, ``/ws`` upgrades and the health endpoints:
 - `connections.ConnectionTable` counts connections, times out waits for a request head
   (``limits.header_timeout``) and idle keep-alive connections (``limits.idle_timeout``), and
   at ``limits.max_connections`` closes the one that has waited longest to make room;
+- `stalls.SendWatch` drops a connection whose client takes none of the output waiting for it
+  for ``limits.send_timeout`` (a REST stream or a WebSocket it stopped reading);
 - `protocol.EdgeProtocol` is aiohttp's connection handler with those hooks, and answers what
   aiohttp cannot parse with a Status JSON body and one DEBUG line;
 - `requests.RequestGate` refuses, before routing, an HTTP version other than 1.0/1.1 (505),
@@ -73,6 +75,7 @@ class EdgeRunner(web.AppRunner):
             gate,
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
+            send_timeout=limits.send_timeout,
             loop=base._loop,
             **base._kwargs,
         )

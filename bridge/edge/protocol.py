@@ -3,8 +3,10 @@
 aiohttp has no public hooks for any of this, so `EdgeProtocol` subclasses its RequestHandler
 and leans on these internals, checked against aiohttp 3.11.0 and 3.14.5 and verified once at
 start by `check_aiohttp()`: the `_messages` queue of parsed requests (a parse error is queued
-there as a pseudo-request), `web.Server._kwargs`/`_loop`, which build each handler, and a
-request's `_cache` of properties, to answer an HTTP/2.0 request line in HTTP/1.1.
+there as a pseudo-request), `web.Server._kwargs`/`_loop`, which build each handler, a
+request's `_cache` of properties, to answer an HTTP/2.0 request line in HTTP/1.1, and
+`BaseProtocol._drain_waiter`, the future a writer waiting for the client awaits, which the send
+timeout fails so that the writer stops at once (on a plain lost connection it just resumes).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
 
-from aiohttp import web, web_protocol
+from aiohttp import base_protocol, web, web_protocol
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     ContentEncodingError,
@@ -31,6 +33,7 @@ from aiohttp.streams import StreamReader
 
 from bridge import errors
 from bridge.edge.connections import ConnectionTable
+from bridge.edge.stalls import SendWatch
 from bridge.errors import BridgeError, error_response
 from bridge.observe.metrics import REJECTED_LIMIT
 
@@ -66,6 +69,8 @@ def check_aiohttp() -> None:
     """Fail at start, not on a request, if aiohttp lacks an internal the edge relies on."""
     missing = [f"RequestHandler.{n}" for n in ("_messages",) if n not in _SLOTS]
     missing += [f"BaseRequest.{n}" for n in ("_cache",) if n not in _REQUEST_ATTRS]
+    waiter = "_drain_waiter"
+    missing += [f"BaseProtocol.{waiter}"] if waiter not in _BASE_SLOTS else []
     server = web.Server(_unused, loop=asyncio.get_running_loop())
     missing += [f"Server.{name}" for name in ("_kwargs", "_loop") if not hasattr(server, name)]
     if missing:
@@ -76,6 +81,7 @@ def check_aiohttp() -> None:
 
 
 _SLOTS: Final = web_protocol.RequestHandler.__slots__
+_BASE_SLOTS: Final = base_protocol.BaseProtocol.__slots__
 _REQUEST_ATTRS: Final = web.BaseRequest.ATTRS
 
 
@@ -86,9 +92,12 @@ async def _unused(request: web.BaseRequest) -> web.StreamResponse:
 class EdgeServer(web.Server):
     """aiohttp's low-level server, making EdgeProtocols that share one ConnectionTable."""
 
-    def __init__(self, table: ConnectionTable, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, table: ConnectionTable, *args: Any, send_timeout: float, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.table = table
+        self.send_timeout = send_timeout
         self.lingering = 0
 
     def __call__(self) -> EdgeProtocol:
@@ -98,7 +107,7 @@ class EdgeServer(web.Server):
 class EdgeProtocol(web_protocol.RequestHandler):
     """A client connection that times out its waits, makes room, and answers in Status JSON."""
 
-    __slots__ = ("_body", "_edge", "_linger", "_refused", "_started", "counted", "queue")
+    __slots__ = ("_body", "_edge", "_linger", "_refused", "_started", "_watch", "counted", "queue")
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -109,6 +118,7 @@ class EdgeProtocol(web_protocol.RequestHandler):
         self._body: StreamReader | None = None  # the body of the request in progress
         self._linger: asyncio.TimerHandle | None = None
         self._refused = False
+        self._watch: SendWatch | None = None  # output waits for the client (send_timeout)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._edge.table.admit(self):
@@ -121,6 +131,9 @@ class EdgeProtocol(web_protocol.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._edge.table.leave(self)
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -165,6 +178,45 @@ class EdgeProtocol(web_protocol.RequestHandler):
             body.set_exception(error)
         body.feed_eof()
         self.close()
+
+    def pause_writing(self) -> None:
+        # The write buffer passed its high-water mark: writers now wait for the client.
+        super().pause_writing()
+        transport = self.transport
+        if transport is not None:
+            self._watch = SendWatch(self._loop, transport, self._edge.send_timeout, self._stall)
+
+    def resume_writing(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        super().resume_writing()
+
+    def _stall(self) -> None:
+        """The client took none of its waiting output for limits.send_timeout: drop it.
+
+        An abort, not a close: close() waits for the buffer to be sent, which this client
+        never takes, and no answer or WebSocket close frame could reach it past that buffer.
+        The writer waiting on drain gets a ConnectionResetError, so the REST stream or the
+        WebSocket session ends and cancels its backend calls as when a client hangs up.
+        """
+        self._watch = None
+        REJECTED_LIMIT.inc()
+        log.debug(
+            "dropped the connection from %s: it took none of the bridge's output for %gs "
+            "(limits.send_timeout)", self._peer(), self._edge.send_timeout,
+        )  # fmt: skip
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            self._drain_waiter = None
+            waiter.set_exception(ConnectionResetError("the client stopped reading"))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _peer(self) -> str:
+        transport = self.transport
+        peer = None if transport is None else transport.get_extra_info("peername")
+        return "an unknown peer" if not peer else str(peer[0])
 
     def begin(self, body: StreamReader) -> None:
         """A request is being handled (called by RequestGate before routing)."""
