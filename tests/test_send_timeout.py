@@ -54,7 +54,7 @@ async def watched(changes: list[int], every: float, timeout: float = 0.2) -> flo
     """Apply each change to the held output `every` seconds apart; when the watch gave up."""
     loop = asyncio.get_running_loop()
     held, start, stalled = Held(1_000_000), loop.time(), asyncio.Event()
-    watch = SendWatch(loop, held, timeout, stalled.set)  # type: ignore[arg-type]
+    watch = SendWatch(loop, held, timeout, lambda _: stalled.set())  # type: ignore[arg-type]
     try:
         for change in changes:
             await asyncio.sleep(every)
@@ -89,7 +89,7 @@ async def test_the_watch_gives_up_only_on_output_that_stops_shrinking(
 async def test_a_stopped_watch_never_fires() -> None:
     loop = asyncio.get_running_loop()
     stalled = asyncio.Event()
-    SendWatch(loop, Held(10), 0.1, stalled.set).stop()  # type: ignore[arg-type]
+    SendWatch(loop, Held(10), 0.1, lambda _: stalled.set()).stop()  # type: ignore[arg-type]
     await asyncio.sleep(0.25)
     assert not stalled.is_set()
 

@@ -187,13 +187,37 @@ class EdgeProtocol(web_protocol.RequestHandler):
             self._watch = SendWatch(self._loop, transport, self._edge.send_timeout, self._stall)
 
     def resume_writing(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
+        watch = self._watch
+        if watch is not None and not watch.transport.is_closing():
+            watch.stop()
             self._watch = None
         super().resume_writing()
 
-    def _stall(self) -> None:
-        """The client took none of its waiting output for limits.send_timeout: drop it.
+    async def start(self) -> None:
+        transport = self.transport
+        try:
+            await super().start()
+        finally:  # aiohttp closes the transport when its last request is done
+            if transport is not None:
+                self._watch_closing(transport)
+
+    def force_close(self) -> None:
+        transport = self.transport
+        super().force_close()
+        if transport is not None:
+            self._watch_closing(transport)
+
+    def _watch_closing(self, transport: asyncio.Transport) -> None:
+        """A closed transport stays open until it has sent what it holds: bound that too.
+
+        Below the high-water mark no writer waits, so no watch runs; but close() keeps the
+        connection until the client takes the rest, which a stalled client never does.
+        """
+        if self._watch is None and transport.is_closing() and transport.get_write_buffer_size():
+            self._watch = SendWatch(self._loop, transport, self._edge.send_timeout, self._stall)
+
+    def _stall(self, transport: asyncio.WriteTransport) -> None:
+        """The client took none of the output waiting for it for limits.send_timeout: drop it.
 
         An abort, not a close: close() waits for the buffer to be sent, which this client
         never takes, and no answer or WebSocket close frame could reach it past that buffer.
@@ -204,19 +228,13 @@ class EdgeProtocol(web_protocol.RequestHandler):
         REJECTED_LIMIT.inc()
         log.debug(
             "dropped the connection from %s: it took none of the bridge's output for %gs "
-            "(limits.send_timeout)", self._peer(), self._edge.send_timeout,
+            "(limits.send_timeout)", _peer(transport), self._edge.send_timeout,
         )  # fmt: skip
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             self._drain_waiter = None
             waiter.set_exception(ConnectionResetError("the client stopped reading"))
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _peer(self) -> str:
-        transport = self.transport
-        peer = None if transport is None else transport.get_extra_info("peername")
-        return "an unknown peer" if not peer else str(peer[0])
+        transport.abort()
 
     def begin(self, body: StreamReader) -> None:
         """A request is being handled (called by RequestGate before routing)."""
@@ -285,6 +303,11 @@ class EdgeProtocol(web_protocol.RequestHandler):
         transport.write_eof()  # the client sees the end; a well-behaved one closes at once
         self._edge.lingering += 1
         self._linger = self._loop.call_later(LINGER, transport.close)
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else "an unknown peer"
 
 
 def raw_answer(error: BridgeError) -> bytes:

@@ -48,17 +48,17 @@ def untaken(transport: asyncio.WriteTransport) -> int:
 class SendWatch:
     """Calls `stalled` once if the output a paused transport holds stops shrinking for `timeout`."""
 
-    __slots__ = ("_handle", "_last", "_loop", "_since", "_stalled", "_timeout", "_transport")
+    __slots__ = ("_handle", "_last", "_loop", "_since", "_stalled", "_timeout", "transport")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         transport: asyncio.WriteTransport,
         timeout: float,
-        stalled: Callable[[], None],
+        stalled: Callable[[asyncio.WriteTransport], None],
     ) -> None:
         self._loop = loop
-        self._transport = transport
+        self.transport = transport
         self._timeout = timeout
         self._stalled = stalled
         self._last = untaken(transport)  # at the previous look
@@ -67,18 +67,18 @@ class SendWatch:
 
     def _look(self) -> None:
         now = self._loop.time()
-        size = untaken(self._transport)
+        size = untaken(self.transport)
         if size < self._last:
             self._since = now
         elif now - self._since >= self._timeout * (1 - 0.5 / CHECKS):  # timer jitter
             self._handle = None
-            self._stalled()
+            self._stalled(self.transport)
             return
         self._last = size
         self._handle = self._loop.call_later(self._timeout / CHECKS, self._look)
 
     def stop(self) -> None:
-        """The buffer drained below its low-water mark, or the connection is gone."""
+        """The output drained below the low-water mark, or the connection is gone."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
