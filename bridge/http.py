@@ -48,7 +48,6 @@ Target = Binding | AggregateRoute | StaticAnswer  # what a matched route serves
 Params = dict[tuple[str, ...], str]
 
 
-
 class RestGateway:
     """Serves every HTTP route of the live snapshot; one instance per application."""
 
@@ -224,8 +223,9 @@ async def _stream_out(
             line = sse_event(value) if sse else ndjson_line("result", value)
             await _write(request, response, line)
             message = await stream.next()
-    except ConnectionResetError:
-        return response  # the client left; the finally clause cancels the backend call
+    except ConnectionResetError:  # the client left, or took nothing for limits.send_timeout
+        request[STREAM_CODE] = errors.CANCELLED
+        return response  # the finally clause cancels the backend call
     except Exception as exc:  # after the first byte the status can only go in the body
         status = _stream_error(exc, call, request).to_status()
         error = sse_event(status, "error") if sse else ndjson_line("error", status)
@@ -311,8 +311,9 @@ async def _raw_stream_out(
             if data:
                 await _write(request, response, data)
             message = await stream.next()
-    except ConnectionResetError:
-        return response  # the client left; the finally clause cancels the backend call
+    except ConnectionResetError:  # the client left, or took nothing for limits.send_timeout
+        request[STREAM_CODE] = errors.CANCELLED
+        return response  # the finally clause cancels the backend call
     except Exception as exc:
         error = ndjson_line("error", _stream_error(exc, call, request).to_status())
         await _write(request, response, error)

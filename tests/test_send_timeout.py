@@ -184,7 +184,7 @@ async def served_meanwhile(url: str) -> None:
 
 
 async def test_a_rest_stream_the_client_stops_reading_is_dropped(
-    bridge: str, backend: Backend
+    bridge: str, backend: Backend, tmp_path: Path
 ) -> None:
     before = await rejected(bridge)
     async with raw_stream(bridge, ENDLESS, 16384) as sock:
@@ -196,6 +196,8 @@ async def test_a_rest_stream_the_client_stops_reading_is_dropped(
         assert await rejected(bridge) == before + 1
         rest = await read_to_end(sock)  # what was on its way, then the end: no final chunk
         assert not rest.endswith(b"0\r\n\r\n")
+    access = [line for line in (tmp_path / "bridge.log").read_text().splitlines() if "Tick" in line]
+    assert '"grpc_code":"CANCELLED"' in access[-1], access  # the call did not end OK
     print(f"\nREST stream dropped {time.monotonic() - start:.2f}s after the client stopped")
 
 
