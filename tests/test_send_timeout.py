@@ -28,7 +28,7 @@ from tests.ws_client import ECHO, PROTOCOL, Backend, connect, text_frame
 
 SEND_TIMEOUT: Final = 1.0
 ENDLESS: Final = "/v1/ticks?count=0&payloadSize=65536"  # as fast as the client takes them
-NDJSON: Final = "Accept: application/x-ndjson\r\n\r\n"
+NDJSON: Final = "application/x-ndjson"
 UPGRADE: Final = (
     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
     f"Sec-WebSocket-Key: {base64.b64encode(bytes(16)).decode()}\r\n"
@@ -120,7 +120,7 @@ async def rejected(url: str) -> float:
 
 @contextlib.asynccontextmanager
 async def raw_stream(
-    url: str, path: str, receive_buffer: int, *, upgrade: bool = False
+    url: str, path: str, receive_buffer: int, *, upgrade: bool = False, accept: str = NDJSON
 ) -> AsyncIterator[socket.socket]:
     """A GET (or a /ws upgrade) whose response head has been read; the rest is the test's to
     read, or not. A small receive buffer (SO_RCVBUF) keeps the kernel from reading ahead."""
@@ -131,7 +131,8 @@ async def raw_stream(
     loop = asyncio.get_running_loop()
     try:
         await loop.sock_connect(sock, (parts.hostname, parts.port))
-        head = f"GET {path} HTTP/1.1\r\nHost: bridge\r\n" + (UPGRADE if upgrade else NDJSON)
+        kind = UPGRADE if upgrade else f"Accept: {accept}\r\n\r\n"
+        head = f"GET {path} HTTP/1.1\r\nHost: bridge\r\n{kind}"
         await loop.sock_sendall(sock, head.encode())
         received = b""
         while b"\r\n\r\n" not in received:
@@ -183,11 +184,12 @@ async def served_meanwhile(url: str) -> None:
     assert time.monotonic() - start < 0.5
 
 
+@pytest.mark.parametrize("accept", [NDJSON, "text/event-stream"])
 async def test_a_rest_stream_the_client_stops_reading_is_dropped(
-    bridge: str, backend: Backend, tmp_path: Path
+    bridge: str, backend: Backend, tmp_path: Path, accept: str
 ) -> None:
     before = await rejected(bridge)
-    async with raw_stream(bridge, ENDLESS, 16384) as sock:
+    async with raw_stream(bridge, ENDLESS, 16384, accept=accept) as sock:
         start = time.monotonic()  # the client reads nothing more from here on
         await asyncio.sleep(0.5)
         await served_meanwhile(bridge)
