@@ -210,3 +210,29 @@ async def test_an_aggregate_is_listed_and_tried_like_any_route(
         await home.locator("form.rest .send").click()
         await expect(home.locator(".rest-result")).to_contain_text("Ada Lovelace")
         assert problems.seen == []
+
+
+async def test_raw_body_routes_send_the_text_under_the_content_type_typed(
+    tmp_path: Path, demo: Bridge
+) -> None:
+    """Upload (google.api.HttpBody) takes the textarea as its raw body, not as JSON; Download's
+    reply is shown as raw bytes."""
+    from playwright.async_api import expect
+
+    async with chromium_page(tmp_path) as page:
+        problems = PageProblems(page)
+        await page.goto(demo.url + "/docs")
+        upload = page.locator(f'details[data-method="{ECHO}/Upload"]')
+        await upload.locator("summary.head").click()
+        await expect(upload.locator("div.request h4")).to_contain_text("demo.echo.v1.UploadRequest")
+        await upload.locator('form.rest input[name="name"]').fill("notes.csv")
+        await upload.locator('form.rest input[name="Content-Type"]').fill("text/csv")
+        await upload.locator("form.rest textarea.body").fill("a,b\n1,2\n")
+        await upload.locator("form.rest .send").click()
+        await expect(upload.locator(".rest-status")).to_contain_text("200 OK")
+        await expect(upload.locator(".rest-result")).to_contain_text('"contentType": "text/csv"')
+        await expect(upload.locator(".rest-result")).to_contain_text('"size": "8"')
+        download = page.locator(f'details[data-method="{ECHO}/Download"]')
+        await download.locator("summary.head").click()
+        await expect(download.locator("div.response h4")).to_have_text("Response: string (binary)")
+        assert problems.seen == []

@@ -230,6 +230,97 @@ def test_server_streaming_is_ndjson_or_sse(doc):
     assert lines[1]["properties"]["error"] == {"$ref": "#/components/schemas/google.rpc.Status"}
 
 
+# --- raw bodies: google.api.HttpBody ---------------------------------------------------------
+
+RAW = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def json_of(message: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{message}"}}}
+
+
+STATUS = json_of("google.rpc.Status")
+
+
+def test_upload_takes_the_raw_body_and_answers_json(doc):
+    upload = op(doc, "/v1/files/{name}", "post")
+    assert upload["x-grpc"]["method"] == "demo.echo.v1.EchoService/Upload"
+    body = upload["requestBody"]
+    assert body["content"] == RAW
+    assert "`file.data`" in body["description"] and "`file.content_type`" in body["description"]
+    assert set(params(upload, "path")) == {"name"}
+    assert set(params(upload, "query")) == {"fields"}  # `file` is the body, `name` the path
+    assert upload["responses"]["200"]["content"] == json_of("demo.echo.v1.UploadResponse")
+    assert upload["responses"]["default"]["content"] == STATUS
+
+
+def test_download_answers_raw_bytes_not_ndjson_or_sse(doc):
+    download = op(doc, "/v1/files/{name}", "get")
+    assert download["x-grpc"] == {
+        "method": "demo.echo.v1.EchoService/Download", "kind": "server_streaming",
+    }  # fmt: skip
+    assert "requestBody" not in download
+    assert set(params(download, "query")) == {"lines", "contentType", "intervalMs", "failAfter"}
+    ok = download["responses"]["200"]
+    assert ok["content"] == RAW
+    assert "whatever the `Accept` header asks" in ok["description"]
+    assert '`{"error": status}`' in ok["description"]
+    assert download["responses"]["default"]["content"] == STATUS
+
+
+def test_the_default_routes_of_raw_methods(doc):
+    """POST /pkg.Service/Method takes the whole request as JSON: an HttpBody field inside it is
+    JSON too, while an HttpBody reply is raw on every route."""
+    upload = op(doc, "/demo.echo.v1.EchoService/Upload", "post")
+    assert upload["requestBody"]["content"] == json_of("demo.echo.v1.UploadRequest")
+    download = op(doc, "/demo.echo.v1.EchoService/Download", "post")
+    assert download["requestBody"]["content"] == json_of("demo.echo.v1.DownloadRequest")
+    assert download["responses"]["200"]["content"] == RAW
+    assert "fields" not in params(download, "query")
+
+
+@pytest.fixture(scope="module")
+def raw_doc() -> dict[str, Any]:
+    """The document of tests/protos, whose RawService covers every HttpBody position."""
+    from tests.proto_service import TEST_PROTOS
+
+    return document_of(asyncio.run(load_includes((TEST_PROTOS,))))
+
+
+@pytest.mark.parametrize(
+    "path, verb, request_body, query, reply",
+    [
+        pytest.param("/v1/pages/{name}", "get", None, {"contentType"}, RAW, id="reply"),
+        pytest.param("/v1/reports/{name}", "get", None, {"contentType"}, RAW,
+                     id="response-body-field"),
+        pytest.param("/v1/reports/{name}:json", "get", None, {"contentType", "fields"},
+                     json_of("fidelity.v1.Report"), id="other-binding-json"),
+        pytest.param("/v1/blobs", "post", "data", {"fields"}, "json", id="request-body-star"),
+        pytest.param("/fidelity.v1.RawService/Store", "post", "data", {"fields"}, "json",
+                     id="request-default-route"),
+        pytest.param("/v1/things/{name}/attachment", "put", "file.data", {"note", "fields"},
+                     "json", id="request-body-field"),
+        pytest.param("/fidelity.v1.RawService/Page", "post", None, set(), RAW,
+                     id="reply-default-route"),
+    ],
+)  # fmt: skip
+def test_every_http_body_position_is_raw(raw_doc, path, verb, request_body, query, reply):
+    operation = op(raw_doc, path, verb)
+    body = operation.get("requestBody")
+    if request_body is None:
+        assert body is None or "application/json" in body["content"]
+    else:
+        assert body["content"] == RAW and f"`{request_body}`" in body["description"]
+    assert set(params(operation, "query")) == query
+    ok = operation["responses"]["200"]["content"]
+    assert (set(ok) == {"application/json"}) if reply == "json" else (ok == reply)
+    assert operation["responses"]["default"]["content"] == STATUS
+
+
+def test_the_raw_document_passes_openapi_spec_validator(raw_doc):
+    validate(raw_doc)
+
+
 def test_message_schemas_follow_the_proto3_json_mapping(doc):
     user = doc["components"]["schemas"]["demo.users.v1.User"]["properties"]
     assert user["karma"] == {"type": "string", "format": "int64"}
@@ -489,3 +580,24 @@ async def test_a_client_filling_the_documented_path_reaches_the_patterned_route(
     status, body, _ = await demo.json("PATCH", url, json={"displayName": "Alan M. Turing"})
     assert status == 200, body
     assert body["name"] == "users/2" and body["displayName"] == "Alan M. Turing"
+
+
+async def test_the_live_download_and_upload_answer_as_documented(demo):
+    """Raw bytes under the chunks' type even when SSE is asked for; `fields` on them is a 400
+    (a Status, as `default` says); Upload takes any bytes and answers its JSON."""
+    _, doc, _ = await demo.json("GET", "/openapi.json")
+    assert doc["paths"]["/v1/files/{name}"]["get"]["responses"]["200"]["content"] == RAW
+    headers = {"Accept": "text/event-stream"}
+    async with demo.request("GET", "/v1/files/a?lines=2", headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert await resp.read() == b"a line 1\na line 2\n"
+    status, body, headers = await demo.json("GET", "/v1/files/a?fields=data")
+    assert status == 400 and body["code"] == 3
+    assert headers["Content-Type"].startswith("application/json")
+    data = b"\x89PNG\r\n\x1a\n\x00\xff"
+    headers = {"Content-Type": "image/png"}
+    status, body, _ = await demo.json("POST", "/v1/files/p.png", data=data, headers=headers)
+    assert status == 200, body
+    assert (body["name"], body["contentType"]) == ("p.png", "image/png")
+    assert body["size"] == str(len(data))  # int64: a string in JSON

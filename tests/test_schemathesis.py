@@ -2,10 +2,12 @@
 
 Property-based requests generated from /openapi.json (a bounded number per operation, so the
 run stays well under a minute): no answer is a 5xx, and every answer matches the status, content
-type and schema the document declares for it. Streaming operations are left out: their bodies
-are NDJSON or SSE, which schemathesis does not read, and a stream may run long; they have their
-own functional tests (tests/test_http_streaming.py). So is `EchoService/Fail`, whose purpose is
-to answer with the status code the request names, 5xx included (tests/test_http_errors.py).
+type and schema the document declares for it. Raw bodies are fuzzed too: `EchoService/Upload`
+is sent any bytes under any Content-Type, as its `*/*` request body says. Streaming operations
+are left out: their bodies are NDJSON or SSE, which schemathesis does not read, and a stream may
+run as long as its request asks (`Download`'s `lines`); they have their own functional tests
+(tests/test_http_streaming.py, tests/test_http_body.py). So is `EchoService/Fail`, whose purpose
+is to answer with the status code the request names, 5xx included (tests/test_http_errors.py).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ fills it with ``2`` sends ``/v1/users/2``, which the bridge routes (a parameter 
 ``:verb`` stays literal. The ``.proto`` comments (``source_code_info``, kept by the compiler;
 files found by reflection may lack it) become the descriptions. Schemas follow the proto3
 JSON mapping the bridge speaks (int64 as string, enums by name, well-known types in their JSON
-forms). Paths, methods and schemas come out in a fixed order, so one snapshot always gives the
-same document. The message schemas live in `schemas`, the comment index in `comments`.
+forms); a ``google.api.HttpBody`` the bridge takes or answers raw is ``*/*`` binary, not JSON.
+Paths, methods and schemas come out in a fixed order, so one snapshot always gives the same
+document. The message schemas live in `schemas`, the comment index in `comments`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bridge.config.composition import ERRORS_KEY, QUERY, references
 from bridge.config.policies import AuthSettings
 from bridge.http import JSON, NDJSON, SSE
 from bridge.openapi.comments import comment_index
-from bridge.openapi.schemas import URL_TEXT, Schema, Schemas
+from bridge.openapi.schemas import BINARY, URL_TEXT, Schema, Schemas
 from bridge.policy.auth import UNMATCHED
 from bridge.registry.snapshot import Binding, Snapshot
 from bridge.routing import Route
@@ -45,6 +46,7 @@ _METHODS: Final = ("get", "put", "post", "delete", "options", "head", "patch", "
 _QUERY_DEPTH: Final = 3  # longest dotted query name; deeper fields are rarely meant for URLs
 _TEMPLATE_VAR: Final = re.compile(r"\{[^}]*\}")
 _REGEX_SPECIAL: Final = re.compile(r"[.^$+?()\[\]|\\]")  # no "\-": invalid in ECMA-262 /u
+_ANY_TYPE: Final = "*/*"  # the media type of raw HttpBody bodies: whatever the message says
 
 
 def openapi_document(
@@ -370,7 +372,8 @@ def _query_fields(
 
 
 def _request_body(binding: Binding, schemas: Schemas) -> dict[str, Any] | None:
-    """The body: the whole message (``*``), one field, or NDJSON messages for a client stream."""
+    """The body: the whole message (``*``), one field, raw bytes for an HttpBody, or NDJSON
+    messages for a client stream (whose HttpBody messages are JSON, like any other)."""
     request = binding.request
     if binding.method.client_streaming:
         message = schemas.message(request.descriptor)
@@ -380,6 +383,8 @@ def _request_body(binding: Binding, schemas: Schemas) -> dict[str, Any] | None:
         return {"description": about, "content": copy.deepcopy(stream)}
     if request.body is None:
         return None
+    if request.raw_body is not None:
+        return _raw_request_body(request.raw_body)
     cut = {tuple(f.name for f in path) for _, path in request.variables}
     if request.body == "*":
         return {"content": {JSON: {"schema": schemas.without(request.descriptor, cut)}}}
@@ -396,7 +401,9 @@ def _responses(binding: Binding, schemas: Schemas) -> dict[str, Any]:
     name = output.full_name + (f".{plan.field.name}" if plan.field else "")
     status = schemas.message(status_pb2.Status.DESCRIPTOR)
     ok: dict[str, Any] = {"description": f"`{name}`", "content": {JSON: {"schema": out}}}
-    if binding.method.server_streaming:
+    if plan.raw:
+        ok = _raw_reply(name, binding.method.server_streaming)
+    elif binding.method.server_streaming:
         ok["description"] = (
             f'A stream of `{name}`. NDJSON: a `{{"result": message}}` line per message; a '
             'failure after the first line ends it with `{"error": status}`. With `Accept: '
@@ -407,6 +414,34 @@ def _responses(binding: Binding, schemas: Schemas) -> dict[str, Any]:
         ok["content"] = {NDJSON: {"schema": line}, SSE: {"schema": {"type": "string"}}}
     about = "An error: a `google.rpc.Status`; the HTTP status follows its code."
     return {"200": ok, "default": {"description": about, "content": {JSON: {"schema": status}}}}
+
+
+def _raw_request_body(path: tuple[str, ...]) -> dict[str, Any]:
+    """The raw body of an HttpBody request (bridge/transcode/request.py): any bytes, any type."""
+    at = "".join(f"{name}." for name in path)
+    about = (
+        "Any bytes of any media type, taken raw into a `google.api.HttpBody`: the body is "
+        f"`{at}data`, its `Content-Type` header (printable ASCII) `{at}content_type`."
+    )
+    return {"description": about, "content": {_ANY_TYPE: {"schema": dict(BINARY)}}}
+
+
+def _raw_reply(name: str, streaming: bool) -> dict[str, Any]:
+    """The raw answer of an HttpBody reply, or of a stream of them (bridge/http.py)."""
+    about = (
+        f"Raw bytes: the `data` of the `{name}` reply, under its `content_type` "
+        "(`application/octet-stream` when it has none)."
+    )
+    if streaming:
+        about = (
+            f"Raw bytes: the `data` of each `{name}` of the stream, written as it arrives, "
+            "under the first one's `content_type` (`application/octet-stream` when it has "
+            "none), whatever the `Accept` header asks (no NDJSON, no Server-Sent Events). A "
+            'failure after the first byte ends the body with a line `{"error": status}` and '
+            "closes the connection without the last chunk, so the body reads as cut short."
+        )
+    about += " A `fields` selection is a 400: raw bytes have no fields to select."
+    return {"description": about, "content": {_ANY_TYPE: {"schema": dict(BINARY)}}}
 
 
 def _one_key(key: str, schema: Schema) -> Schema:

@@ -32,6 +32,8 @@ _SCALARS: Final[dict[int, Schema]] = {
     _T.TYPE_STRING: {"type": "string"},
     _T.TYPE_BYTES: {"type": "string", "format": "byte"},
 }  # fmt: skip
+# Raw bytes, a google.api.HttpBody sent as the body itself (OpenAPI's file-upload schema).
+BINARY: Final[Schema] = {"type": "string", "format": "binary"}
 _WELL_KNOWN: Final[dict[str, Schema]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},

@@ -136,7 +136,8 @@ function refName(schema) {
 
 /** The request message of a method: the full body of its default route, else of any. */
 function requestSchema(method) {
-  const bodies = method.routes.map((r) => jsonSchema(r.op.requestBody));
+  const bodies = method.routes.map((r) => jsonSchema(r.op.requestBody)
+    || rawSchema(r.op.requestBody));
   const full = method.routes.findIndex((r) => isDefault(r));
   const body = (full >= 0 && bodies[full]) || bodies.find((b) => b) || null;
   return body && body.type === "array" ? body.items : body; // a streamed request: one message
@@ -147,13 +148,19 @@ function jsonSchema(holder) {
   return (content && content["application/json"] && content["application/json"].schema) || null;
 }
 
-/** The response message: the 200 JSON body, or the `result` of each NDJSON line. */
+/** The schema of a raw body (a google.api.HttpBody sent as the bytes themselves), or null. */
+function rawSchema(holder) {
+  const content = holder && holder.content;
+  return (content && content["*/*"] && content["*/*"].schema) || null;
+}
+
+/** The response message: the 200 JSON body, the `result` of each NDJSON line, or raw bytes. */
 function responseSchema(method) {
   const ok = method.routes[0].op.responses && method.routes[0].op.responses["200"];
   if (!ok || !ok.content) return null;
   const lines = ok.content["application/x-ndjson"];
   if (lines && lines.schema && lines.schema.oneOf) return lines.schema.oneOf[0].properties.result;
-  return jsonSchema(ok);
+  return jsonSchema(ok) || rawSchema(ok);
 }
 
 // --- Shapes: a message's fields as a table, with the messages it uses below it. ---
@@ -246,7 +253,12 @@ function restForm(method) {
         placeholder: p.required ? "required" : "", title: p.description || "" });
       fields.append(el("label", {}, `${p.name} `, input, " "));
     }
-    if (route.op.requestBody) {
+    if (rawSchema(route.op.requestBody)) { // sent as typed, under the Content-Type typed
+      const type = el("input", { name: "Content-Type", "data-in": "header", size: "24",
+        value: "text/plain; charset=utf-8", title: "the raw body's media type" });
+      fields.append(el("label", {}, "Content-Type ", type, " "),
+        el("textarea", { class: "body raw", "aria-label": "raw body" }));
+    } else if (route.op.requestBody) {
       fields.append(el("textarea", { class: "body", "aria-label": "body", text: "{}" }));
     }
   };
@@ -265,18 +277,19 @@ function restForm(method) {
 async function sendRest(route, fields, status, result) {
   let path = route.path;
   const query = new URLSearchParams();
+  const init = { method: route.verb.toUpperCase(), headers: credential() };
   for (const input of fields.querySelectorAll("input")) {
     if (input.dataset.in === "path") {
       const value = input.value.split("/").map(encodeURIComponent).join("/");
       path = path.replace(`{${input.name}}`, value);
-    } else if (input.value !== "") query.append(input.name, input.value);
+    } else if (input.dataset.in === "header") init.headers[input.name] = input.value;
+    else if (input.value !== "") query.append(input.name, input.value);
   }
   const url = path + (query.size ? `?${query}` : "");
-  const init = { method: route.verb.toUpperCase(), headers: credential() };
   const body = fields.querySelector("textarea.body");
   if (body) {
     init.body = body.value;
-    init.headers["Content-Type"] = "application/json";
+    if (!body.classList.contains("raw")) init.headers["Content-Type"] = "application/json";
   }
   status.className = "status rest-status";
   status.textContent = `${init.method} ${url} …`;
