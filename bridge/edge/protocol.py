@@ -131,15 +131,15 @@ class EdgeProtocol(web_protocol.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._edge.table.leave(self)
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
             self._edge.lingering -= 1
         if not self._refused:
-            super().connection_lost(exc)
+            super().connection_lost(exc)  # its force_close() may begin a watch: stopped here
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
 
     def data_received(self, data: bytes) -> None:
         if self.queue is not None:  # waiting: these bytes begin or continue a request head

@@ -6,14 +6,15 @@ connection, the handler and its backend call forever. nginx bounds this with `se
 and Envoy with its stream idle timeout; here it is ``limits.send_timeout``.
 
 Nothing is paid per write. A watch exists only while the transport's write buffer is above
-its high-water mark (from `pause_writing` to `resume_writing`), and looks at the output not yet
+its high-water mark (from `pause_writing` to `resume_writing`), or while a closed transport
+still holds output (close() waits for it to be sent), and looks at the output not yet
 taken a few times per timeout: the transport's buffer plus, on Linux, the bytes in the kernel's
 send queue that the client has not acknowledged (SIOCOUTQ). Writers only add to it and only the
 client's reading takes from it, so output that has not once got smaller between two looks for
 a whole timeout means the client took none of it; a slow but steady reader keeps lowering it
 (writers add at most a drain limit each before they wait, so they cannot hide it for long). The
-kernel's queue matters: its writable wake-up comes only once a third of it is free, so the
-transport's buffer alone could stand still for seconds under a client reading steadily.
+kernel's queue matters: a socket is writable again only once about a third of it is free, so
+the transport's buffer alone could stand still for seconds under a client reading steadily.
 """
 
 from __future__ import annotations
