@@ -222,3 +222,56 @@ async def test_a_rule_naming_a_stream_is_refused_at_start(
     tick = {"match": "demo.echo.v1.EchoService/Tick", "ttl": "30s"}
     with pytest.raises(SnapshotError, match=r"cache\[0\] .*Tick is a server_streaming method"):
         await start_bridge(cache_config(echo, tick))
+
+
+async def slow_echo(start_bridge: StartBridge, echo: Echo, ms: int) -> tuple[Bridge, str]:
+    """A bridge caching Echo, and the path of an Echo call that takes ``ms`` to answer."""
+    return await start_bridge(cache_config(echo, rule())), f"/v1/echo/slow?sleepMs={ms}"
+
+
+async def in_flight(bridge: Bridge, path: str, **kwargs: Any) -> asyncio.Task[Any]:
+    """A first request, given time to start its backend call: the next ones wait on it."""
+    first = asyncio.create_task(get(bridge, path, **kwargs))
+    await asyncio.sleep(0.05)
+    return first
+
+
+async def test_a_callers_own_short_deadline_is_not_shared(
+    start_bridge: StartBridge, echo: Echo
+) -> None:
+    """A slow backend: the first caller's 100 ms deadline ends its call alone; the caller
+    waiting on it with a long deadline asks again and gets the answer."""
+    bridge, path = await slow_echo(start_bridge, echo, 300)
+    short = await in_flight(bridge, path, headers={"grpc-timeout": "100m"})
+    code, body, mark = await get(bridge, path, headers={"grpc-timeout": "10S"})
+    assert (code, body["message"], mark) == (200, "slow", "MISS")
+    code, error, _ = await short
+    assert (code, error["code"]) == (504, 4)
+    assert await echo.calls() == 2
+
+
+async def test_a_waiting_callers_own_deadline_ends_its_wait(
+    start_bridge: StartBridge, echo: Echo
+) -> None:
+    bridge, path = await slow_echo(start_bridge, echo, 500)
+    slow = await in_flight(bridge, path)
+    began = time.monotonic()
+    code, error, _ = await get(bridge, path, headers={"grpc-timeout": "100m"})
+    assert (code, error["code"]) == (504, 4)
+    assert time.monotonic() - began < 0.35  # at its own deadline, not the slow call's end
+    assert (await slow)[0] == 200
+    assert await echo.calls() == 1
+
+
+async def test_a_client_that_left_hands_the_backend_call_on(
+    start_bridge: StartBridge, echo: Echo
+) -> None:
+    bridge, path = await slow_echo(start_bridge, echo, 300)
+    gone = await in_flight(bridge, path)
+    waiting = await in_flight(bridge, path)
+    gone.cancel()  # the first client hangs up: the bridge cancels its call
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    code, body, mark = await waiting
+    assert (code, body["message"], mark) == (200, "slow", "MISS")
+    assert await echo.calls() == 2

@@ -1,6 +1,6 @@
 """Unit tests of the cache step (bridge.policy.cache) and its memory store, against a fake next
 step and a fake clock: keys and vary parts, HIT/MISS/STALE, TTL, what is never stored, single
-flight, the LRU bounds, and which methods get a step."""
+flight (and whose deadline or cancel is shared), the LRU bounds, and which methods get a step."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from google.protobuf import empty_pb2, struct_pb2, wrappers_pb2
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.call import HTTP, Call, Principal, Reply
-from bridge.errors import INVALID_ARGUMENT, UNAVAILABLE, BridgeError
+from bridge.errors import DEADLINE_EXCEEDED, INVALID_ARGUMENT, UNAVAILABLE, BridgeError
 from bridge.policy.cache import Cache, CacheStep, StreamingRule
 from bridge.policy.cache_store import ENTRY_OVERHEAD, CacheEntry, MemoryStore
 from bridge.registry.snapshot import Method
@@ -48,27 +48,39 @@ class Clock:
 
 
 class Next:
-    """The rest of the chain: answers a numbered StringValue, or raises ``fail``."""
+    """The rest of the chain: answers a numbered StringValue, or raises ``fail``; like the
+    upstream, a call still waiting at the gate when its timeout passes is DEADLINE_EXCEEDED."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.timeouts: list[float | None] = []  # each call's timeout, as the upstream saw it
         self.fail: BridgeError | None = None
         self.gate: asyncio.Event | None = None  # when set, calls wait for it
 
     async def __call__(self, call: Call) -> Reply:
         self.calls += 1
+        self.timeouts.append(call.timeout)
         if self.gate is not None:
-            await self.gate.wait()
+            try:
+                async with asyncio.timeout(call.timeout):
+                    await self.gate.wait()
+            except TimeoutError:
+                raise BridgeError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         if self.fail is not None:
             raise self.fail
         answer = wrappers_pb2.StringValue(value=f"answer {self.calls}")
         return UnaryReply(answer, [("x-initial", "i")], [("x-trailer", "t")])
 
 
-def make_call(request: Any = None, principal: Principal | None = None, headers: Any = None) -> Call:
+def make_call(
+    request: Any = None,
+    principal: Principal | None = None,
+    headers: Any = None,
+    timeout: float | None = None,
+) -> Call:
     request = request if request is not None else wrappers_pb2.StringValue(value="item-1")
     return Call(
-        cast(Any, None), request, [], None, "198.51.100.1", HTTP, "rid",
+        cast(Any, None), request, [], timeout, "198.51.100.1", HTTP, "rid",
         headers=headers or {}, principal=principal,
     )  # fmt: skip
 
@@ -252,11 +264,12 @@ async def test_without_stale_if_error_an_expired_entry_never_answers() -> None:
         await answer(step, next)
 
 
-async def test_concurrent_misses_make_one_backend_call() -> None:
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["no-timeout", "with-timeouts"])
+async def test_concurrent_misses_make_one_backend_call(timeout: float | None) -> None:
     step, _, _ = build()
     next = Next()
     next.gate = asyncio.Event()
-    calls = [make_call() for _ in range(20)]
+    calls = [make_call(timeout=timeout) for _ in range(20)]
     waiting = [asyncio.create_task(step(call, next)) for call in calls]
     await asyncio.sleep(0.01)
     next.gate.set()
@@ -281,38 +294,108 @@ async def test_concurrent_misses_share_the_failure_each_with_its_own_copy() -> N
     assert all(e.headers == {"Grpc-Metadata-x": "1"} for e in errors)  # type: ignore[union-attr]
 
 
-async def first_and_waiting() -> tuple[Next, asyncio.Task[Reply], asyncio.Task[Reply]]:
-    """A call whose backend call waits at the gate, and a second call waiting on it."""
+async def first_and_waiting(
+    first_timeout: float | None = None, *timeouts: float | None
+) -> tuple[Next, asyncio.Task[Reply], list[asyncio.Task[Reply]]]:
+    """A call (with ``first_timeout``) whose backend call waits at the gate, and calls waiting
+    on it: one for each of ``timeouts``, or one without a timeout."""
     step, _, _ = build()
     next = Next()
     next.gate = asyncio.Event()
-    first = asyncio.create_task(step(make_call(), next))
+    first = asyncio.create_task(step(make_call(timeout=first_timeout), next))
     await asyncio.sleep(0.01)
-    second = asyncio.create_task(step(make_call(), next))
+    waiting = [asyncio.create_task(step(make_call(timeout=t), next)) for t in timeouts or [None]]
     await asyncio.sleep(0.01)
-    return next, first, second
+    return next, first, waiting
+
+
+async def value(task: asyncio.Task[Reply]) -> str:
+    message = await (await task).next()
+    assert isinstance(message, wrappers_pb2.StringValue)
+    return message.value
 
 
 async def test_a_cancelled_first_call_hands_the_backend_call_to_a_waiting_one() -> None:
-    next, first, second = await first_and_waiting()
+    next, first, waiting = await first_and_waiting(None, None, 30.0)
     first.cancel()
     await asyncio.sleep(0.01)
     assert next.gate is not None
     next.gate.set()
-    reply = await second
-    assert (await reply.next()) == wrappers_pb2.StringValue(value="answer 2")
-    assert next.calls == 2
+    assert [await value(task) for task in waiting] == ["answer 2", "answer 2"]
+    assert next.calls == 2  # the first waiting call asked; the other waited on it
     with pytest.raises(asyncio.CancelledError):
         await first
 
 
 async def test_a_cancelled_waiting_call_leaves_the_backend_call_alone() -> None:
-    next, first, second = await first_and_waiting()
+    next, first, (second,) = await first_and_waiting()
     second.cancel()
     assert next.gate is not None
     next.gate.set()
-    assert (await (await first).next()) == wrappers_pb2.StringValue(value="answer 1")
+    assert await value(first) == "answer 1"
     assert next.calls == 1
+
+
+async def test_the_first_calls_own_deadline_is_not_the_waiting_calls() -> None:
+    next, first, waiting = await first_and_waiting(0.05, 30.0, 30.0)
+    with pytest.raises(BridgeError) as raised:
+        await first
+    assert raised.value.code == DEADLINE_EXCEEDED
+    await asyncio.sleep(0.01)
+    assert next.gate is not None
+    next.gate.set()
+    assert [await value(task) for task in waiting] == ["answer 2", "answer 2"]
+    assert next.calls == 2  # one waiting call asked again; the other waited on it
+    second_timeout = next.timeouts[1]
+    assert second_timeout is not None and 29 < second_timeout < 30  # only the time it had left
+
+
+@pytest.mark.parametrize(
+    "first_timeout", [None, 30.0], ids=["the-upstreams-timeout", "before-the-first-deadline"]
+)
+async def test_a_deadline_failure_not_the_first_calls_own_is_shared(
+    first_timeout: float | None,
+) -> None:
+    """No timeout: the upstream's ended it, and would end any call; an early one: the backend's."""
+    next, first, waiting = await first_and_waiting(first_timeout, 30.0)
+    assert next.gate is not None
+    next.fail = BridgeError(DEADLINE_EXCEEDED, "the backend's own deadline")
+    next.gate.set()
+    failures = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert [getattr(e, "code", e) for e in failures] == [DEADLINE_EXCEEDED] * 2
+    assert next.calls == 1
+
+
+async def test_a_waiting_calls_own_deadline_ends_its_wait() -> None:
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    next, first, (waiting,) = await first_and_waiting(None, 0.05)  # 10 ms after the first
+    with pytest.raises(BridgeError) as raised:
+        await waiting
+    assert raised.value.code == DEADLINE_EXCEEDED
+    assert 0.06 <= loop.time() - began < 0.5  # its own deadline: the first call never ends
+    assert not first.done()
+    assert next.gate is not None
+    next.gate.set()
+    assert await value(first) == "answer 1"
+    assert next.calls == 1
+
+
+async def test_a_waiting_calls_own_deadline_takes_the_stale_entry() -> None:
+    step, clock, _ = build(Rule(ttl=30, stale_if_error=300))
+    next = Next()
+    await answer(step, next)
+    clock.now += 31
+    next.gate = asyncio.Event()
+    first = asyncio.create_task(step(make_call(), next))
+    await asyncio.sleep(0.01)
+    call = make_call(timeout=0.05)
+    assert await answer(step, next, call) == (
+        "answer 1",
+        {"X-Cache": "STALE", "X-Bridge-Fallback": "true"},
+    )
+    next.gate.set()
+    assert await value(first) == "answer 2"
 
 
 async def test_an_entry_that_no_longer_parses_is_a_miss() -> None:

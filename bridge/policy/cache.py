@@ -24,13 +24,20 @@ Headers on every answer of a cached method (``call.response_headers``):
 
 Only answers are stored, never errors. Concurrent misses for one key make one backend call
 (single flight): the first call asks the backend, the others await its outcome, so they all
-get its answer, or its failure (or the stale entry). If the first call is cancelled (its
-client went away), one of the waiting calls asks the backend instead.
+get its answer, or its failure (or the stale entry). An outcome that belongs to the asking
+call alone is not shared: when it was cancelled (its client went away) or its own deadline
+(the ``timeout`` it asked for) passed, a waiting call with time left asks the backend itself,
+and the calls still waiting (and those arriving) wait on that call instead. A
+DEADLINE_EXCEEDED that came before the asking call's deadline (the backend's own, or the
+upstream's ``timeout``, which bounds every call alike) is shared as any failure is. A waiting
+call's own deadline bounds its wait: it ends with DEADLINE_EXCEEDED (or the stale entry) when
+its time is up, whatever the call it waits on does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import hashlib
 import logging
@@ -42,7 +49,7 @@ from google.protobuf.message import DecodeError, Message
 from multidict import MultiMapping
 
 from bridge.call import Call, Invoke, Reply
-from bridge.errors import BridgeError, http_status
+from bridge.errors import DEADLINE_EXCEEDED, BridgeError, http_status
 from bridge.observe.metrics import CACHE_HIT, CACHE_MISS, CACHE_STALE
 from bridge.policy.cache_store import CacheEntry, CacheStore
 from bridge.upstream.call import UnaryReply
@@ -135,7 +142,8 @@ class Cache:
 
 
 # What a backend call in flight ends with, for the calls waiting on it: the entry it stored,
-# the failure it raised, or None when the call was cancelled (a waiting call asks instead).
+# the failure it raised, or None when that outcome was the asking call's own (it was cancelled,
+# or its own deadline passed): a waiting call asks instead.
 _Outcome = CacheEntry | BridgeError | None
 # The asking call's own answer: the message in hand, and the backend's metadata.
 _Answer = tuple[Message, Metadata, Metadata]
@@ -183,13 +191,21 @@ class CacheStep:
                 return reply
         call.response_headers[X_CACHE] = MISS
         CACHE_MISS.inc()
+        loop = asyncio.get_running_loop()
+        deadline = None if call.timeout is None else loop.time() + call.timeout
+        asking = call
         while True:
             flight = cache.flights.get(key)
             outcome: _Outcome | _Answer
             if flight is None:
-                outcome = await self._ask(call, next, key)
+                outcome = await self._ask(asking, next, key)
             else:
-                outcome = await asyncio.shield(flight)  # a waiting call's cancel stays its own
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        # shielded: a waiting call's cancel or deadline stays its own
+                        outcome = await asyncio.shield(flight)
+                except TimeoutError:
+                    return self._expired(call, entry)
             if isinstance(outcome, tuple):  # the asking call's own answer, message in hand
                 message, initial, trailers = outcome
                 return UnaryReply(message, initial, trailers)
@@ -197,16 +213,22 @@ class CacheStep:
                 reply = self._reply(outcome)
                 if reply is not None:
                     return reply
-                outcome = None
-            if isinstance(outcome, BridgeError):
+            elif isinstance(outcome, BridgeError):
                 return self._stale_or_raise(call, entry, outcome)
+            if deadline is not None:  # asking after a wait: the backend gets the time left
+                left = deadline - loop.time()
+                if left <= 0:
+                    return self._expired(call, entry)
+                asking = dataclasses.replace(call, timeout=left)
 
     async def _ask(self, call: Call, next: Invoke, key: str) -> _Answer | BridgeError:
         """Make the one backend call for ``key``; the calls waiting on it get its outcome."""
         cache = self._cache
-        flight: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        flight: asyncio.Future[_Outcome] = loop.create_future()
         cache.flights[key] = flight
         outcome: _Outcome = None
+        began = loop.time()
         try:
             reply = await next(call)
             message = await reply.next()
@@ -221,11 +243,23 @@ class CacheStep:
             await cache.store.put(key, outcome, self._keep)
             return message, initial, trailers
         except BridgeError as error:
-            outcome = error
+            if not _own_deadline(error, call.timeout, loop.time() - began):
+                outcome = error  # else None: a waiting call with time left asks instead
             return error
         finally:  # before anyone else can look: the store holds the entry already
             del cache.flights[key]
             flight.set_result(outcome)
+
+    def _expired(self, call: Call, entry: CacheEntry | None) -> Reply:
+        """The stale entry, or DEADLINE_EXCEEDED, for a call whose own deadline passed while it
+        waited for another call's backend call."""
+        assert call.timeout is not None  # only a call with a timeout of its own expires here
+        error = BridgeError(
+            DEADLINE_EXCEEDED,
+            f"deadline exceeded: no answer within the call's timeout ({call.timeout:g}s) while"
+            " it waited for the same request's backend call",
+        )
+        return self._stale_or_raise(call, entry, error)
 
     def _stale_or_raise(self, call: Call, entry: CacheEntry | None, error: BridgeError) -> Reply:
         """The stale entry in place of a server failure, when the rule allows it; else raise."""
@@ -268,6 +302,12 @@ def _values(headers: Mapping[str, str], name: str) -> list[str]:
         return list(headers.getall(name, ()))
     value = headers.get(name)
     return [] if value is None else [value]
+
+
+def _own_deadline(error: BridgeError, timeout: float | None, elapsed: float) -> bool:
+    """Whether a backend call failed because the timeout its caller asked for ran out: an
+    earlier DEADLINE_EXCEEDED is the backend's own, or the upstream's, and every caller's."""
+    return error.code == DEADLINE_EXCEEDED and timeout is not None and elapsed >= timeout
 
 
 def _copy(error: BridgeError) -> BridgeError:
