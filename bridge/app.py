@@ -18,7 +18,7 @@ from bridge import edge, errors
 from bridge.admin import AdminApi
 from bridge.compose import Composition
 from bridge.config import Settings
-from bridge.edge.cors import Cors, route_methods
+from bridge.edge.cors import CORS, Cors, route_methods
 from bridge.edge.proxies import TrustedProxies, client_address
 from bridge.errors import error_response
 from bridge.http import RID, RestGateway
@@ -95,6 +95,7 @@ async def create_app(settings: Settings, include: ProtoSet | None = None) -> web
     app = web.Application(client_max_size=settings.limits.max_body, middlewares=middlewares)
     if cors is not None:
         app.on_response_prepare.append(cors.on_response_prepare)
+        app[CORS] = cors  # the edge marks its refusals before routing with it too
     app[SETTINGS] = settings
     app[edge.LIMITS] = settings.limits
     app[REGISTRY] = registry

@@ -11,6 +11,7 @@ from typing import Any, Final
 import pytest
 
 from tests.conftest import Bridge, StartBridge, demo_config
+from tests.raw_http import RawConnection, exchange, request
 from tests.teams import PING, PING_FILE, TeamServer, admin_config, ping, register
 
 APP: Final = "http://localhost:3000"
@@ -252,3 +253,44 @@ async def test_disallowed_origin_is_served_without_cors_headers(bridge: Bridge) 
         assert ACAO not in headers
         assert EXPOSE not in headers
         assert "Vary" not in headers
+
+
+# --- refusals at the edge, before any middleware ----------------------------------------------
+
+EDGE_REFUSALS = [
+    pytest.param("Content-Length: 1000000000", 413, 8, id="declared-length"),
+    pytest.param("Expect: teapot", 417, 9, id="expect"),
+]
+
+
+@pytest.mark.parametrize(("header", "status", "code"), EDGE_REFUSALS)
+async def test_edge_refusals_are_readable_by_an_allowed_origin(
+    bridge: Bridge, header: str, status: int, code: int
+) -> None:
+    """Refused before routing, so before the middlewares: marked all the same, or a page
+    could not tell a too-large upload from a network error."""
+    try:
+        allowed = await exchange(bridge.url, request("POST", "/v1/echo", f"Origin: {APP}", header))
+        other = await exchange(bridge.url, request("POST", "/v1/echo", f"Origin: {EVIL}", header))
+    finally:
+        await RawConnection.close_all()
+    allowed.assert_status(status, code)
+    assert allowed.headers[ACAO.lower()] == APP
+    assert allowed.headers["vary"] == "Origin"
+    assert allowed.headers[EXPOSE.lower()].lower() == "x-request-id"
+    other.assert_status(status, code)
+    assert not {ACAO.lower(), EXPOSE.lower(), "vary"} & other.headers.keys()
+
+
+async def test_edge_refusals_without_cors_configured(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    bridge = await start_bridge(demo_config(users_server, echo_server))
+    try:
+        answer = await exchange(
+            bridge.url, request("POST", "/v1/echo", f"Origin: {APP}", "Content-Length: 99999999")
+        )
+    finally:
+        await RawConnection.close_all()
+    answer.assert_status(413, 8)
+    assert ACAO.lower() not in answer.headers

@@ -280,3 +280,33 @@ async def test_a_stream_failing_midway_carries_its_final_code(demo: Bridge) -> N
     errors = "bridge_upstream_errors_total"
     labels = {"upstream": "echo", "code": "UNAVAILABLE"}
     assert value(after, errors, **labels) - value(before, errors, **labels) == 3
+
+
+async def test_refused_websocket_upgrades_are_counted(
+    start_bridge: StartBridge, users_server: int, echo_server: int
+) -> None:
+    """Not an upgrade (400), an origin not allowed (403) and a bad key (401) are requests no
+    call saw: route ``/ws``, transport ``ws``. Only the key is a rejection (auth); an origin is
+    none of the SPEC's reasons."""
+    config = demo_config(
+        users_server, echo_server, cors={"allow_origins": ["http://localhost:3000"]},
+        auth={"api_keys": {"keys": "alice=k-alice"}, "rules": [{"match": "*", "require": "none"}]},
+    )  # fmt: skip
+    bridge = await start_bridge(config)
+    before = await scrape(bridge.url)
+    async with bridge.request("GET", "/ws") as resp:
+        assert resp.status == 400
+    for headers, params, status in (({"Origin": "https://evil.example"}, {}, 403),
+                                    ({}, {"x-api-key": "wrong"}, 401)):  # fmt: skip
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with connect(bridge.url, headers=headers, params=params):
+                pass
+        assert refused.value.status == status
+    after = await scrape(bridge.url)
+    changed = deltas(before, after)
+    for code in ("INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED"):
+        labels = {"route": "/ws", "method": "", "transport": "ws", "code": code}
+        assert changed.pop(("bridge_requests_total", frozenset(labels.items()))) == 1
+    assert {k: v for k, v in changed.items() if k[0] == LIMIT} == {
+        (LIMIT, frozenset({("reason", "auth")})): 1
+    }

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from bridge.config import Limits
 from bridge.edge.connections import ConnectionTable
+from bridge.edge.cors import CORS
 from bridge.edge.protocol import LINGER, LINGER_SLOTS, EdgeServer, check_aiohttp
 from bridge.edge.requests import LIMITS, RequestGate, read_body
 
@@ -69,7 +70,8 @@ class EdgeRunner(web.AppRunner):
             header_timeout=limits.header_timeout,
             idle_timeout=limits.idle_timeout,
         )
-        gate = RequestGate(base.request_handler, limits, admin=self._admin)
+        cors = self.app.get(CORS)  # set only when cors.allow_origins is
+        gate = RequestGate(base.request_handler, limits, admin=self._admin, cors=cors)
         server = EdgeServer(
             table,
             gate,

@@ -12,7 +12,9 @@ to answer preflights for every route and to mark the responses an allowed origin
   Any other request passes straight through.
 - `Cors.on_response_prepare` adds ``Access-Control-Allow-Origin`` and its companions to every
   other response as its headers go out. A signal, not a middleware looking at the returned
-  response: streaming replies send their headers long before their handler returns.
+  response: streaming replies send their headers long before their handler returns. The edge
+  calls it too (the app's `CORS`) for the refusals it makes before routing, where no signal
+  runs, so a page can read a 413 as the Status it is rather than as a network error.
 
 A request without ``Origin`` costs a method comparison in the middleware and one header
 lookup in the signal (measured: well under a microsecond each).
@@ -33,7 +35,7 @@ from bridge.edge.protocol import quote
 from bridge.errors import BridgeError, error_response
 from bridge.routing import RouteTable
 
-__all__ = ["Cors", "MethodsFor", "route_methods"]
+__all__ = ["CORS", "Cors", "MethodsFor", "route_methods"]
 
 MethodsFor = Callable[[web.Request], Awaitable[tuple[str, ...]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,8 +107,11 @@ class Cors:
         self._mark(response.headers, allowed)
         return response
 
-    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Mark a response an allowed origin may read (the app's on_response_prepare signal)."""
+    async def on_response_prepare(
+        self, request: web.BaseRequest, response: web.StreamResponse
+    ) -> None:
+        """Mark a response an allowed origin may read (the app's on_response_prepare signal,
+        and the edge's refusals before routing)."""
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is None or _is_preflight(request):
             return  # no CORS request, or a preflight the middleware has answered already
@@ -155,7 +160,11 @@ class Cors:
             headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
 
 
-def _is_preflight(request: web.Request) -> bool:
+# The app's Cors, present only when ``cors.allow_origins`` is set: the edge marks its refusals.
+CORS: Final = web.AppKey("cors", Cors)
+
+
+def _is_preflight(request: web.BaseRequest) -> bool:
     return (
         request.method == hdrs.METH_OPTIONS
         and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers

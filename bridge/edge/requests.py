@@ -15,6 +15,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from bridge import errors
 from bridge.call import HTTP
 from bridge.config import Limits
+from bridge.edge.cors import Cors
 from bridge.edge.protocol import parse_error, quote, version_error
 from bridge.errors import BridgeError, error_response
 from bridge.observe import log as access_log
@@ -33,11 +34,15 @@ class RequestGate:
     It runs before the route's expect handler, so a body that will be refused is refused
     before aiohttp can send ``100 Continue`` for it. Its cost to a request that passes is a few
     attribute reads and one header lookup: it returns the application's own coroutine rather
-    than wrapping it in another.
+    than wrapping it in another. With ``cors`` (the app's, when configured) its refusals are
+    marked for an allowed origin as the app's responses are: no response signal runs here.
     """
 
-    def __init__(self, handler: Handler, limits: Limits, *, admin: bool) -> None:
+    def __init__(
+        self, handler: Handler, limits: Limits, *, admin: bool, cors: Cors | None = None
+    ) -> None:
         self._handler = handler
+        self._cors = cors
         self._max_body = limits.max_body
         self._admin_max_body = limits.admin_max_body
         self._admin = admin  # without an admin token there are no admin routes
@@ -48,16 +53,16 @@ class RequestGate:
         request.protocol.begin(body)  # type: ignore[attr-defined]  # always an EdgeProtocol
         version = request.version
         if version is not HttpVersion11 and version != HttpVersion10 and version != HttpVersion11:
-            return _refuse_version(request)
+            return self._refuse_version(request)
         if body is not EMPTY_PAYLOAD:
             declared = request.headers.get(hdrs.CONTENT_LENGTH)
             if declared is not None and int(declared) > self._lowest:
                 refusal = self._too_large(request, int(declared))
                 if refusal is not None:
-                    return _refuse(request, refusal)
+                    return self._refuse(request, refusal)
         expect = request.headers.get(hdrs.EXPECT)
         if expect is not None and expect.strip().lower() != "100-continue":
-            return _refuse(request, BridgeError(
+            return self._refuse(request, BridgeError(
                 errors.FAILED_PRECONDITION,
                 f"Expect: {quote(expect)} cannot be met; only 100-continue is supported",
                 status=417,
@@ -77,32 +82,32 @@ class RequestGate:
             status=413,
         )
 
+    async def _refuse(self, request: web.BaseRequest, error: BridgeError) -> web.StreamResponse:
+        """The refusal, and the connection closes after it: an unread body cannot be skipped.
 
-async def _refuse(request: web.BaseRequest, error: BridgeError) -> web.StreamResponse:
-    """The refusal, and the connection closes after it: an unread body cannot be skipped.
+        Counted and logged like a request no route matched: it never reached one.
+        """
+        started = time.perf_counter()
+        rid = request_id(request.headers)
+        response = error_response(error, {"Connection": "close", "X-Request-Id": rid})
+        response.force_close()
+        if self._cors is not None:
+            await self._cors.on_response_prepare(request, response)
+        metrics.refused(HTTP, error.code, started)
+        body = response.body
+        access_log.access(
+            request_id=rid, subject=None, transport=HTTP, method=None, route=None,
+            http_status=error.status, grpc_code=error.code, started=started, bytes_in=0,
+            bytes_out=len(body) if isinstance(body, bytes) else 0,
+        )  # fmt: skip
+        return response
 
-    Counted and logged like a request no route matched: it never reached one.
-    """
-    started = time.perf_counter()
-    rid = request_id(request.headers)
-    response = error_response(error, {"Connection": "close", "X-Request-Id": rid})
-    response.force_close()
-    metrics.refused(HTTP, error.code, started)
-    body = response.body
-    access_log.access(
-        request_id=rid, subject=None, transport=HTTP, method=None, route=None,
-        http_status=error.status, grpc_code=error.code, started=started, bytes_in=0,
-        bytes_out=len(body) if isinstance(body, bytes) else 0,
-    )  # fmt: skip
-    return response
-
-
-def _refuse_version(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-    version = f"{request.version.major}.{request.version.minor}"
-    # aiohttp writes the request's version in the status line; this answer is HTTP/1.1, so
-    # the request's cached `version` is made to say so (see protocol.check_aiohttp).
-    request._cache["version"] = HttpVersion11  # type: ignore[attr-defined]
-    return _refuse(request, version_error(version))
+    def _refuse_version(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        version = f"{request.version.major}.{request.version.minor}"
+        # aiohttp writes the request's version in the status line; this answer is HTTP/1.1, so
+        # the request's cached `version` is made to say so (see protocol.check_aiohttp).
+        request._cache["version"] = HttpVersion11  # type: ignore[attr-defined]
+        return self._refuse(request, version_error(version))
 
 
 async def read_body(request: web.Request, limit: int, what: str, key: str) -> bytes:

@@ -11,7 +11,9 @@ method's default path), never a raw path; ``method`` a served method's name; ``c
 code name. A `Observed` step binds its label children once per route, transport and code. A
 request refused before any method's chain saw it is counted by `refused`: with its route's
 labels when one matched (a bad body), else as route ``(unmatched)`` and method ``""`` (no
-route, a method not allowed, a refusal at the edge before routing).
+route, a method not allowed, a refusal at the edge before routing); a WebSocket upgrade
+refused (not an upgrade, a bad Origin, bad credentials) as route ``/ws``, method ``""`` and
+transport ``ws``.
 
 With ``--workers N`` the parent (bridge/cli.py) sets ``PROMETHEUS_MULTIPROC_DIR`` to a
 temporary directory before this module is first imported and the workers fork; every worker
@@ -98,15 +100,22 @@ _EVENTS: Final = (
 _CODE_NAMES: Final = dict(errors.NAME_BY_CODE)
 _OK: Final = "OK"
 UNMATCHED: Final = "(unmatched)"  # the route label of a request no route matched
+UPGRADE: Final = "/ws"  # the route label of a refused WebSocket upgrade: it holds no call
 _clock = time.perf_counter
 
 
-def refused(transport: str, code: int, started: float, binding: Binding | None = None) -> None:
+def refused(
+    transport: str,
+    code: int,
+    started: float,
+    binding: Binding | None = None,
+    route: str = UNMATCHED,
+) -> None:
     """Count a request refused before a method's chain saw it (no route, a bad body, a limit),
-    under its route's labels when it matched one (``binding``), else as ``(unmatched)``."""
+    under its route's labels when it matched one (``binding``), else under ``route``."""
     code_name = _CODE_NAMES.get(code, "UNKNOWN")
     if binding is None:
-        labels = (UNMATCHED, "", transport, code_name)
+        labels = (route, "", transport, code_name)
     else:
         labels = (route_label(binding), binding.method.full_name, transport, code_name)
     REQUESTS.labels(*labels).inc()

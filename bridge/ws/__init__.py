@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -10,10 +11,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from bridge import errors
+from bridge.call import WEBSOCKET
 from bridge.config import Settings
 from bridge.edge.proxies import ClientAddress
 from bridge.errors import BridgeError, error_response
-from bridge.observe.metrics import WS_CONNECTIONS
+from bridge.observe import metrics
+from bridge.observe.metrics import UPGRADE, WS_CONNECTIONS
 from bridge.registry import Registry
 from bridge.upstream.metadata import REQUEST_ID, request_metadata
 from bridge.ws.session import Peer, Session
@@ -47,19 +50,19 @@ class WebSocketGateway:
         self.sessions: set[Session] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         ws = ClientSocket(
             protocols=(SUBPROTOCOL,),
             max_msg_size=self.limits.ws_max_frame,
             heartbeat=self.limits.ws_heartbeat,
             compress=False,  # per-message deflate costs CPU per frame and hides backpressure
         )
-        refusal = self._refusal(request, ws)
-        if refusal is not None:
-            return error_response(refusal)
         try:
+            self._check_upgrade(request, ws)
             peer = self._peer(request)
-        except BridgeError as exc:
-            return error_response(exc)
+        except BridgeError as refusal:  # no call saw it: counted like REST's before a chain
+            metrics.refused(WEBSOCKET, refusal.code, started, route=UPGRADE)
+            return error_response(refusal)
         await ws.prepare(request)
         session = Session(
             ws, self.registry, peer,
@@ -107,15 +110,14 @@ class WebSocketGateway:
         headers.update(missing)
         return headers
 
-    def _refusal(self, request: web.Request, ws: ClientSocket) -> BridgeError | None:
+    def _check_upgrade(self, request: web.Request, ws: ClientSocket) -> None:
+        """A 400 for a request that is no WebSocket upgrade, a 403 for an origin not allowed."""
         if not ws.can_prepare(request).ok:
-            return BridgeError(errors.INVALID_ARGUMENT, "GET /ws expects a WebSocket upgrade")
+            raise BridgeError(errors.INVALID_ARGUMENT, "GET /ws expects a WebSocket upgrade")
         origin = request.headers.get("Origin")
         if origin is None or self._origin_allowed(origin, request.host):
-            return None
-        return BridgeError(
-            errors.PERMISSION_DENIED, f"origin {origin!r} is not allowed", status=403
-        )
+            return
+        raise BridgeError(errors.PERMISSION_DENIED, f"origin {origin!r} is not allowed", status=403)
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         """Allowed: a configured origin, ``*``, or the bridge's own origin (its pages)."""
