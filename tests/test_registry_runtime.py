@@ -322,7 +322,7 @@ def test_the_store_writes_then_renames(tmp_path: Path, monkeypatch: pytest.Monke
     store.save(second)
     [(src, dst)] = renames
     assert Path(src).parent == store.folder and dst == str(store.folder / "team.json")
-    assert store.load() == [second]
+    assert list(store.listing().registrations) == [second]
 
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
@@ -330,7 +330,7 @@ def test_the_store_writes_then_renames(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError):
         store.save(first)
-    assert store.load() == [second]  # the previous version is intact
+    assert list(store.listing().registrations) == [second]  # the previous version is intact
     assert os.listdir(store.folder) == ["team.json"]  # and no half-written file is left
 
 

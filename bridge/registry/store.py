@@ -146,10 +146,6 @@ class FileStore:
         self._path(name).unlink(missing_ok=True)
         _fsync_folder(self.folder)
 
-    def load(self) -> list[Registration]:
-        """Every readable registration; an entry that cannot be read is logged and skipped."""
-        return list(self.listing().registrations)
-
     def listing(self) -> Listing:
         """What the store holds; OSError when its folder cannot be listed at all.
 
